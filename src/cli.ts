@@ -1,0 +1,116 @@
+import { Command, CommanderError, Option } from 'commander';
+import pkg from '../package.json' with { type: 'json' };
+import { buildConfig, ConfigError, DEFAULTS, type Config, type RawOptions } from './config.ts';
+
+export type Invocation =
+  | { kind: 'agent'; config: Config }
+  | { kind: 'iptables'; action: 'install' | 'remove' | 'status'; config: Config; json: boolean }
+  /** Help, version, or a command line error: print `output` (to stderr when code ≠ 0) and exit with `code`. */
+  | { kind: 'exit'; code: number; output: string };
+
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+function interceptionOptions(cmd: Command, forAgent: boolean): Command {
+  return cmd
+    .addOption(new Option('--host-ip <ip>', 'node IP the DNAT sends metadata traffic to, and the metadata server binds to').env('HOST_IP'))
+    .addOption(new Option('--port <port>', 'metadata server port on the host IP').default(DEFAULTS.port))
+    .addOption(
+      new Option('--host-interface <pattern>', `pod-facing interface(s), repeatable; iptables wildcards (cali+) and negation (!eth0)${forAgent ? '; required with --iptables' : ''}`).argParser(collect),
+    )
+    .addOption(new Option('--iptables-backend <backend>', 'iptables backend').choices(['auto', 'nft', 'legacy']).default(DEFAULTS.iptablesBackend));
+}
+
+function buildProgram(): Command {
+  const program = new Command('kiam')
+    .description('Gives Kubernetes pods their own AWS IAM role credentials through the instance metadata endpoint')
+    .version(pkg.version)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  const agent = program
+    .command('agent')
+    .description('run the node agent: intercept, resolve pods, serve and prefetch credentials')
+    .addOption(new Option('--node-name <name>', 'this node; only its pods are watched').env('NODE_NAME'))
+    .addOption(new Option('--metrics-port <port>', 'port for /metrics, /healthz and /readyz (never reachable through the DNAT)').default(DEFAULTS.metricsPort))
+    .option('--kubeconfig <path>', 'kubeconfig file (default: in-cluster service account)')
+    .option('--iptables', 'install the interception rules and keep reconciling them', false)
+    .option('--remove-rules-on-exit', 'remove the rules on shutdown (default keeps them: pods fail closed while the agent is away)', false)
+    .addOption(new Option('--reconcile-interval <duration>', 'how often the rules are checked and repaired').default(DEFAULTS.reconcileInterval))
+    .addOption(new Option('--metadata-endpoint <url>', 'the real metadata service, for pass-through').default(DEFAULTS.metadataEndpoint))
+    .addOption(new Option('--allow-route-regexp <regexp>', 'pass-through only paths matching one of these (repeatable; default: all not denied)').argParser(collect))
+    .addOption(
+      new Option('--deny-route-regexp <regexp>', 'never pass through paths matching these (repeatable; replaces the default)')
+        .argParser(collect)
+        .default([...DEFAULTS.denyRouteRegexp], DEFAULTS.denyRouteRegexp.join(' ')),
+    )
+    .option('--role-base-arn <arn>', 'prefix for role names in annotations, e.g. arn:aws:iam::123456789012:role/')
+    .option('--role-base-arn-autodetect', "derive the base ARN from the node's own instance profile", false)
+    .option('--default-role <role>', 'role for pods without the annotation (default: none, they get 404)')
+    .addOption(new Option('--session-duration <duration>', 'STS session duration (15m to 12h)').default(DEFAULTS.sessionDuration))
+    .addOption(
+      new Option('--session-name <template>', 'STS session name; placeholders {namespace} {pod} {serviceAccount} {node} {role}').default(DEFAULTS.sessionName),
+    )
+    .addOption(new Option('--region <region>', 'AWS region for STS (default: AWS_REGION, else the node metadata, else us-east-1)'))
+    .option('--sts-endpoint <url>', 'STS endpoint override (private endpoints, tests)')
+    .option('--no-namespace-restriction', 'do not require the namespace annotation iam.amazonaws.com/permitted')
+    .addOption(new Option('--pod-wait-timeout <duration>', 'how long a request from an unknown IP waits for the watch').default(DEFAULTS.podWaitTimeout))
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))
+    .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(DEFAULTS.logFormat));
+  interceptionOptions(agent, true);
+  // `kiam --help` lists every flag too, not only the subcommands.
+  program.addHelpText('after', () => `\nkiam agent options:\n${agent.helpInformation().split('\nOptions:\n')[1] ?? ''}`);
+
+  const iptables = program.command('iptables').description('install, remove or show the interception rules once (preStop hooks, clean-up)');
+  for (const action of ['install', 'remove', 'status'] as const) {
+    const sub = iptables.command(action).description(
+      { install: 'install the rules once and exit', remove: 'remove every trace of the rules (idempotent)', status: 'print what is present' }[action],
+    );
+    interceptionOptions(sub, false);
+    sub.option('--json', 'machine-readable output', false);
+  }
+  return program;
+}
+
+/** Parse argv (without node and script) into what to do. Never exits the process itself. */
+export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv = process.env): Invocation {
+  const program = buildProgram();
+  let out = '';
+  let err = '';
+  const capture = { writeOut: (s: string) => void (out += s), writeErr: (s: string) => void (err += s) };
+  program.configureOutput(capture);
+  for (const sub of program.commands) {
+    sub.exitOverride().configureOutput(capture);
+    for (const leaf of sub.commands) leaf.exitOverride().configureOutput(capture);
+  }
+
+  let result: Invocation | undefined;
+  program.commands.find((c) => c.name() === 'agent')!.action((opts: RawOptions) => {
+    result = { kind: 'agent', config: buildConfig(opts, env, 'agent') };
+  });
+  const iptables = program.commands.find((c) => c.name() === 'iptables')!;
+  for (const leaf of iptables.commands) {
+    leaf.action((opts: RawOptions & { json: boolean }) => {
+      const action = leaf.name() as 'install' | 'remove' | 'status';
+      const config = buildConfig(opts, env, 'iptables');
+      const problems: string[] = [];
+      if (action === 'install' && !config.hostIp) problems.push('--host-ip (or env HOST_IP) is required for install');
+      if (action === 'install' && config.hostInterfaces.length === 0) problems.push('--host-interface is required for install');
+      if (problems.length) throw new ConfigError(problems);
+      result = { kind: 'iptables', action, config, json: Boolean(opts.json) };
+    });
+  }
+
+  try {
+    if (argv.length === 0) return { kind: 'exit', code: 2, output: program.helpInformation() };
+    program.parse(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof ConfigError) return { kind: 'exit', code: 2, output: e.problems.map((p) => `error: ${p}`).join('\n') + '\n' };
+    if (e instanceof CommanderError) {
+      const code = e.exitCode === 0 ? 0 : 2;
+      return { kind: 'exit', code, output: code === 0 ? out : err || e.message };
+    }
+    throw e;
+  }
+  if (!result) return { kind: 'exit', code: 2, output: err || program.helpInformation() };
+  return result;
+}

@@ -1,0 +1,270 @@
+/**
+ * The agent's configuration: one frozen, validated object built from flags and environment.
+ * Parsing lives in cli.ts (commander); validation here reports every problem at once, naming the flag.
+ */
+export type LogFormat = 'json' | 'pretty';
+export type IptablesBackendChoice = 'auto' | 'nft' | 'legacy';
+
+export interface InterceptionConfig {
+  /** Address the DNAT rules send metadata traffic to, and the metadata server binds to. */
+  hostIp: string;
+  port: number;
+  /** iptables -i patterns: `cali+`, `eni+`, `cni0`, or a negation `!eth0`. */
+  hostInterfaces: string[];
+  iptablesBackend: IptablesBackendChoice;
+}
+
+export interface Config {
+  nodeName: string;
+  /** Undefined only without --iptables; then the metadata server binds to 127.0.0.1. */
+  hostIp?: string;
+  port: number;
+  metricsPort: number;
+  /** Path to a kubeconfig; undefined means in-cluster. */
+  kubeconfig?: string;
+
+  iptables: boolean;
+  hostInterfaces: string[];
+  iptablesBackend: IptablesBackendChoice;
+  removeRulesOnExit: boolean;
+  reconcileIntervalMs: number;
+
+  /** Base URL of the real metadata service (pass-through and the agent's own IMDSv2 session). */
+  metadataEndpoint: string;
+  /** Pass-through paths (relative to /, e.g. `latest/meta-data/instance-id`) must match one of these… */
+  allowRoutes: RegExp[];
+  /** …and none of these. */
+  denyRoutes: RegExp[];
+
+  /** e.g. arn:aws:iam::123456789012:role/ — a role name in an annotation is appended to it. */
+  roleBaseArn?: string;
+  roleBaseArnAutodetect: boolean;
+  defaultRole?: string;
+  sessionDurationSec: number;
+  /** Template with {namespace}, {pod}, {serviceAccount}, {node}, {role} placeholders. */
+  sessionNameTemplate: string;
+  region: string;
+  stsEndpoint?: string;
+  namespaceRestriction: boolean;
+  /** How long a request from an unknown IP waits for the watch before the live look-up. */
+  podWaitMs: number;
+
+  logLevel: string;
+  logFormat: LogFormat;
+}
+
+/** Thrown with every problem found at once; each line names the flag it is about. */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'));
+    this.name = 'ConfigError';
+  }
+}
+
+/** Raw option values as the command line parser hands them over (strings, booleans, string lists). */
+export interface RawOptions {
+  nodeName?: string;
+  hostIp?: string;
+  port?: string;
+  metricsPort?: string;
+  kubeconfig?: string;
+  iptables?: boolean;
+  hostInterface?: string[];
+  iptablesBackend?: string;
+  removeRulesOnExit?: boolean;
+  reconcileInterval?: string;
+  metadataEndpoint?: string;
+  allowRouteRegexp?: string[];
+  denyRouteRegexp?: string[];
+  roleBaseArn?: string;
+  roleBaseArnAutodetect?: boolean;
+  defaultRole?: string;
+  sessionDuration?: string;
+  sessionName?: string;
+  region?: string;
+  stsEndpoint?: string;
+  namespaceRestriction?: boolean;
+  podWaitTimeout?: string;
+  logLevel?: string;
+  logFormat?: string;
+}
+
+export const DEFAULTS = {
+  port: '8181',
+  metricsPort: '9620',
+  iptablesBackend: 'auto',
+  reconcileInterval: '10s',
+  metadataEndpoint: 'http://169.254.169.254',
+  /** Pass-through paths refused unless the operator says otherwise: user data and the instance's own identity keys. */
+  denyRouteRegexp: ['^[^/]+/user-data(/|$)', '^[^/]+/meta-data/identity-credentials(/|$)'],
+  sessionDuration: '1h',
+  sessionName: '{namespace}.{pod}',
+  podWaitTimeout: '800ms',
+  logLevel: 'info',
+  logFormat: 'json',
+} as const;
+
+const MIN_SESSION_S = 15 * 60;
+const MAX_SESSION_S = 12 * 60 * 60;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Parse `800ms`, `10s`, `15m`, `1h`, `1h30m` (or bare seconds) into milliseconds; NaN when malformed. */
+export function parseDuration(text: string): number {
+  const trimmed = text.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
+  const unit: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  const re = /(\d+(?:\.\d+)?)(ms|s|m|h)/gy;
+  let total = 0;
+  let consumed = 0;
+  for (const match of trimmed.matchAll(re)) {
+    total += Number(match[1]) * unit[match[2]!]!;
+    consumed += match[0].length;
+  }
+  return consumed === trimmed.length && consumed > 0 ? total : Number.NaN;
+}
+
+export function isIPv4(text: string): boolean {
+  const parts = text.split('.');
+  return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+}
+
+const IFACE = /^!?[A-Za-z0-9_.@:-]{1,15}\+?$/;
+
+/**
+ * Validate the raw options against the environment and return one frozen Config, or throw a ConfigError
+ * listing every problem. `mode` says which flags are required: the agent needs a node name; the iptables
+ * commands need the interception flags.
+ */
+export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agent' | 'iptables' = 'agent'): Config {
+  const problems: string[] = [];
+  const opt = { ...DEFAULTS, ...stripUndefined(raw) };
+
+  const nodeName = raw.nodeName ?? env.NODE_NAME;
+  if (mode === 'agent' && !nodeName) problems.push('--node-name (or env NODE_NAME) is required');
+  const hostIp = raw.hostIp ?? (env.HOST_IP || undefined);
+  const iptables = mode === 'iptables' || Boolean(raw.iptables);
+  if (hostIp !== undefined && !isIPv4(hostIp)) problems.push(`--host-ip: "${hostIp}" is not an IPv4 address`);
+  if (iptables && mode === 'agent' && !hostIp) problems.push('--host-ip (or env HOST_IP) is required with --iptables');
+
+  const port = parsePort('--port', opt.port, problems);
+  const metricsPort = parsePort('--metrics-port', opt.metricsPort, problems);
+  if (port === metricsPort) problems.push('--metrics-port must differ from --port');
+
+  const hostInterfaces = raw.hostInterface ?? [];
+  for (const pattern of hostInterfaces) {
+    if (!IFACE.test(pattern)) {
+      problems.push(`--host-interface: "${pattern}" is not an interface name (≤ 15 of [A-Za-z0-9_.@:-], optional leading "!" and trailing "+")`);
+    }
+  }
+  if (iptables && mode === 'agent' && hostInterfaces.length === 0) {
+    problems.push('--host-interface is required with --iptables (e.g. cali+ for Calico, eni+ for the AWS VPC CNI, cni0 for bridge)');
+  }
+  const backend = opt.iptablesBackend;
+  if (backend !== 'auto' && backend !== 'nft' && backend !== 'legacy') problems.push(`--iptables-backend: "${backend}" is not one of auto, nft, legacy`);
+
+  const reconcileIntervalMs = parseDuration(opt.reconcileInterval);
+  if (!(reconcileIntervalMs >= 1000)) problems.push(`--reconcile-interval: "${opt.reconcileInterval}" must be a duration of at least 1s`);
+
+  let metadataEndpoint = opt.metadataEndpoint.replace(/\/+$/, '');
+  try {
+    const url = new URL(metadataEndpoint);
+    if (url.protocol !== 'http:' || url.pathname !== '/' || url.search) throw new Error('not a plain http base URL');
+    metadataEndpoint = url.origin;
+  } catch {
+    problems.push(`--metadata-endpoint: "${opt.metadataEndpoint}" must be an http:// base URL such as http://169.254.169.254`);
+  }
+  const allowRoutes = compileAll('--allow-route-regexp', opt.allowRouteRegexp ?? [], problems);
+  const denyRoutes = compileAll('--deny-route-regexp', opt.denyRouteRegexp, problems);
+
+  const roleBaseArn = raw.roleBaseArn;
+  if (roleBaseArn !== undefined && !/^arn:aws[a-z-]*:iam::\d{12}:role\/([\w+=,.@-]+\/)*$/.test(roleBaseArn)) {
+    problems.push(`--role-base-arn: "${roleBaseArn}" must look like arn:aws:iam::123456789012:role/ (ending in /)`);
+  }
+  if (roleBaseArn && raw.roleBaseArnAutodetect) problems.push('--role-base-arn and --role-base-arn-autodetect are mutually exclusive');
+  if (raw.defaultRole !== undefined && !/^[\w+=,.@/:-]+$/.test(raw.defaultRole)) {
+    problems.push(`--default-role: "${raw.defaultRole}" is not a role name or ARN`);
+  }
+
+  const sessionMs = parseDuration(opt.sessionDuration);
+  const sessionDurationSec = Math.floor(sessionMs / 1000);
+  if (!(sessionDurationSec >= MIN_SESSION_S && sessionDurationSec <= MAX_SESSION_S)) {
+    problems.push(`--session-duration: "${opt.sessionDuration}" must be between 15m and 12h`);
+  }
+  const sessionNameTemplate = opt.sessionName;
+  const unknownPlaceholder = [...sessionNameTemplate.matchAll(/\{([^}]*)\}/g)].find(
+    (m) => !['namespace', 'pod', 'serviceAccount', 'node', 'role'].includes(m[1]!),
+  );
+  if (unknownPlaceholder) {
+    problems.push(`--session-name: unknown placeholder ${unknownPlaceholder[0]} (use {namespace} {pod} {serviceAccount} {node} {role})`);
+  }
+  if (sessionNameTemplate.trim() === '') problems.push('--session-name must not be empty');
+
+  const region = raw.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? '';
+  if (region && !/^[a-z]{2}(-[a-z]+)+-\d+$/.test(region)) problems.push(`--region: "${region}" is not an AWS region name`);
+  if (raw.stsEndpoint !== undefined) {
+    try {
+      const u = new URL(raw.stsEndpoint);
+      if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new Error('scheme');
+    } catch {
+      problems.push(`--sts-endpoint: "${raw.stsEndpoint}" is not an http(s) URL`);
+    }
+  }
+  const podWaitMs = parseDuration(opt.podWaitTimeout);
+  if (!(podWaitMs >= 0 && podWaitMs <= 10_000)) problems.push(`--pod-wait-timeout: "${opt.podWaitTimeout}" must be a duration between 0 and 10s`);
+
+  if (!LOG_LEVELS.includes(opt.logLevel)) problems.push(`--log-level: "${opt.logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  if (opt.logFormat !== 'json' && opt.logFormat !== 'pretty') problems.push(`--log-format: "${opt.logFormat}" is not one of json, pretty`);
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    nodeName: nodeName ?? '',
+    hostIp,
+    port,
+    metricsPort,
+    kubeconfig: raw.kubeconfig,
+    iptables,
+    hostInterfaces,
+    iptablesBackend: backend as IptablesBackendChoice,
+    removeRulesOnExit: Boolean(raw.removeRulesOnExit),
+    reconcileIntervalMs,
+    metadataEndpoint,
+    allowRoutes,
+    denyRoutes,
+    roleBaseArn,
+    roleBaseArnAutodetect: Boolean(raw.roleBaseArnAutodetect),
+    defaultRole: raw.defaultRole,
+    sessionDurationSec,
+    sessionNameTemplate,
+    region,
+    stsEndpoint: raw.stsEndpoint,
+    namespaceRestriction: raw.namespaceRestriction !== false,
+    podWaitMs,
+    logLevel: opt.logLevel,
+    logFormat: opt.logFormat as LogFormat,
+  });
+}
+
+function parsePort(flag: string, text: string, problems: string[]): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 65535) {
+    problems.push(`${flag}: "${text}" is not a port number (1-65535)`);
+    return -1;
+  }
+  return n;
+}
+
+function compileAll(flag: string, patterns: readonly string[], problems: string[]): RegExp[] {
+  const out: RegExp[] = [];
+  for (const p of patterns) {
+    try {
+      out.push(new RegExp(p));
+    } catch (err) {
+      problems.push(`${flag}: "${p}" is not a valid regular expression (${(err as Error).message})`);
+    }
+  }
+  return out;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

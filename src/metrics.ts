@@ -1,0 +1,69 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Every metric the agent exports, on a registry of its own (never prom-client's global one), created
+ * by createMetrics() so that tests get a fresh set each time. All names carry the `kiam_` prefix.
+ */
+export interface Metrics {
+  readonly registry: Registry;
+  /** Metadata requests by handler (token, credentials, listing, info, passthrough, …) and status code. */
+  readonly requestDuration: Histogram<'handler' | 'code'>;
+  readonly cacheHits: Counter;
+  readonly cacheMisses: Counter;
+  /** STS AssumeRole latency by result (success, error). */
+  readonly stsDuration: Histogram<'result'>;
+  /** STS errors by AWS error code (AccessDenied, Throttling, timeout, invalid-response…). */
+  readonly stsErrors: Counter<'code'>;
+  /** Identities whose credentials the cache currently holds. */
+  readonly cachedIdentities: Gauge;
+  /** Live pods in the index (this node, not hostNetwork, not finished). */
+  readonly podsIndexed: Gauge;
+  readonly ambiguousIps: Counter;
+  /** Requests from IPs that matched no pod even after the wait and the live lookup. */
+  readonly unknownIps: Counter;
+  /** Pod look-ups answered by the live GET fallback rather than the watch. */
+  readonly liveLookups: Counter<'result'>;
+  /** Watch (re)starts by resource (pods, namespaces) and reason. */
+  readonly watchRestarts: Counter<'resource'>;
+  /** Denied credential requests by reason. */
+  readonly denials: Counter<'reason'>;
+  /** Rule checks by outcome: in-sync, repaired (drift found and re-applied), error. */
+  readonly ruleReconciles: Counter<'result'>;
+  /** 1 while the interception rules are in place, 0 otherwise. */
+  readonly rulesPresent: Gauge;
+}
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
+  const registry = new Registry();
+  if (options.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'kiam_' });
+  const registers = [registry];
+  return {
+    registry,
+    requestDuration: new Histogram({
+      name: 'kiam_metadata_request_duration_seconds',
+      help: 'Metadata requests answered, by handler and status code',
+      labelNames: ['handler', 'code'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    }),
+    cacheHits: new Counter({ name: 'kiam_credentials_cache_hits_total', help: 'Credential requests answered from the cache', registers }),
+    cacheMisses: new Counter({ name: 'kiam_credentials_cache_misses_total', help: 'Credential requests that had to wait for STS', registers }),
+    stsDuration: new Histogram({
+      name: 'kiam_sts_assumerole_duration_seconds',
+      help: 'STS AssumeRole calls, by result',
+      labelNames: ['result'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    stsErrors: new Counter({ name: 'kiam_sts_errors_total', help: 'Failed STS AssumeRole calls, by error code', labelNames: ['code'], registers }),
+    cachedIdentities: new Gauge({ name: 'kiam_credentials_cached_identities', help: 'Identities (role, external ID, session name) held in the cache', registers }),
+    podsIndexed: new Gauge({ name: 'kiam_pods_indexed', help: 'Live pods of this node in the IP index', registers }),
+    ambiguousIps: new Counter({ name: 'kiam_pod_ip_ambiguous_total', help: 'Requests refused because two live pods share the source IP', registers }),
+    unknownIps: new Counter({ name: 'kiam_pod_ip_unknown_total', help: 'Requests from an IP that matched no pod of this node', registers }),
+    liveLookups: new Counter({ name: 'kiam_pod_live_lookups_total', help: 'Live API look-ups of a pod by IP after the watch had not seen it, by result', labelNames: ['result'], registers }),
+    watchRestarts: new Counter({ name: 'kiam_watch_restarts_total', help: 'Watches restarted after they stopped, by resource', labelNames: ['resource'], registers }),
+    denials: new Counter({ name: 'kiam_credential_denials_total', help: 'Credential requests refused, by reason', labelNames: ['reason'], registers }),
+    ruleReconciles: new Counter({ name: 'kiam_iptables_reconciles_total', help: 'Interception rule checks, by result (in-sync, repaired, error)', labelNames: ['result'], registers }),
+    rulesPresent: new Gauge({ name: 'kiam_iptables_rules_present', help: '1 while the interception rules are in place', registers }),
+  };
+}
