@@ -1,0 +1,103 @@
+/**
+ * Which iptables backend the node uses (nft or legacy), decided as the Kubernetes iptables wrappers do,
+ * and a cheap hint when an eBPF dataplane may bypass netfilter altogether.
+ */
+import { readdirSync } from 'node:fs';
+import type { IptablesBackendChoice } from '../config.ts';
+import type { CommandRunner } from './exec.ts';
+
+export type BackendName = 'nft' | 'legacy';
+
+export interface Backend {
+  name: BackendName;
+  /** e.g. iptables-nft-save */
+  save: string;
+  /** e.g. iptables-nft-restore */
+  restore: string;
+  /** Why this backend was chosen, for logs and `kiam iptables status`. */
+  reason: string;
+}
+
+/** Timeout for each save during detection (iptables-nft 1.8.3 could loop forever). */
+const DETECT_TIMEOUT_MS = 5000;
+const KUBELET_CHAINS = /^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)\s/m;
+
+export function backendCommands(name: BackendName, reason: string): Backend {
+  return { name, save: `iptables-${name}-save`, restore: `iptables-${name}-restore`, reason };
+}
+
+/**
+ * Resolve the backend. An explicit choice is taken as is. For auto:
+ * 1. KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY in `iptables-nft-save -t mangle` → nft;
+ * 2. the same chains in `iptables-legacy-save` (whole output: `-t mangle` would create the legacy table) → legacy;
+ * 3. otherwise the backend with more rules wins, a tie goes to nft.
+ * A save that fails (binary missing, …) counts as zero rules; if neither save runs at all, detection fails.
+ */
+export async function detectBackend(runner: CommandRunner, choice: IptablesBackendChoice): Promise<Backend> {
+  if (choice === 'nft' || choice === 'legacy') return backendCommands(choice, `chosen with --iptables-backend=${choice}`);
+  if (choice !== 'auto') throw new Error(`unknown iptables backend ${JSON.stringify(choice)}: use auto, nft or legacy`);
+
+  const nftMangle = await runner.run(['iptables-nft-save', '-t', 'mangle'], { timeoutMs: DETECT_TIMEOUT_MS });
+  if (nftMangle.code === 0 && KUBELET_CHAINS.test(nftMangle.stdout)) {
+    return backendCommands('nft', 'kubelet chains found in iptables-nft-save -t mangle');
+  }
+  const legacy = await runner.run(['iptables-legacy-save'], { timeoutMs: DETECT_TIMEOUT_MS });
+  if (legacy.code === 0 && KUBELET_CHAINS.test(legacy.stdout)) {
+    return backendCommands('legacy', 'kubelet chains found in iptables-legacy-save');
+  }
+  const nft = await runner.run(['iptables-nft-save'], { timeoutMs: DETECT_TIMEOUT_MS });
+  if (legacy.code !== 0 && nft.code !== 0) {
+    throw new Error(
+      `cannot detect the iptables backend: iptables-legacy-save exited ${legacy.code} (${firstLine(legacy.stderr)}), ` +
+        `iptables-nft-save exited ${nft.code} (${firstLine(nft.stderr)}); is iptables installed and are we privileged?`,
+    );
+  }
+  const legacyRules = legacy.code === 0 ? countRules(legacy.stdout) : 0;
+  const nftRules = nft.code === 0 ? countRules(nft.stdout) : 0;
+  const counts = `legacy ${legacyRules} rule(s), nft ${nftRules}`;
+  return legacyRules > nftRules ? backendCommands('legacy', `more legacy rules (${counts})`) : backendCommands('nft', `nft by rule count (${counts})`);
+}
+
+/** Rules (lines starting with `-`) in iptables-save output. */
+export function countRules(saveOutput: string): number {
+  let n = 0;
+  for (const line of saveOutput.split('\n')) if (line.startsWith('-')) n++;
+  return n;
+}
+
+function firstLine(text: string): string {
+  return text.trim().split('\n')[0] || 'no output';
+}
+
+/** Interfaces that eBPF dataplanes create, with what they mean for the DNAT. */
+const BYPASS_HINTS: Array<{ iface: string; warning: string }> = [
+  {
+    iface: 'cilium_host',
+    warning:
+      'Cilium found (cilium_host): with eBPF host routing, pod traffic bypasses netfilter and the metadata DNAT never applies; ' +
+      'use bpf.hostLegacyRouting=true or check that pods really reach the agent',
+  },
+  ...['bpfin.cali', 'bpfnatin'].map((iface) => ({
+    iface,
+    warning: `Calico eBPF dataplane found (${iface}): pod traffic may bypass iptables nat PREROUTING and the metadata DNAT`,
+  })),
+];
+
+/**
+ * Warnings for dataplanes that may bypass the iptables nat table. Cheap: one directory listing.
+ * `listInterfaces` is injectable for tests; by default it reads /sys/class/net (an unreadable
+ * directory gives no warnings).
+ */
+export function netfilterBypassWarnings(listInterfaces: () => string[] = sysClassNet): string[] {
+  let names: Set<string>;
+  try {
+    names = new Set(listInterfaces());
+  } catch {
+    return [];
+  }
+  return BYPASS_HINTS.filter((h) => names.has(h.iface)).map((h) => h.warning);
+}
+
+function sysClassNet(): string[] {
+  return readdirSync('/sys/class/net');
+}
