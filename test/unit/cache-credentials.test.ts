@@ -1,0 +1,503 @@
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { describe, it } from 'node:test';
+import { pino } from 'pino';
+import {
+  CredentialCache,
+  floorForLifetime,
+  refreshDelayMs,
+  servingFloorMs,
+  type CacheIdentity,
+  type CredentialCacheDeps,
+} from '../../src/cache/credentials.ts';
+import { StsError, type AssumeRoleRequest, type StsCredentials } from '../../src/cache/sts.ts';
+import { createMetrics, type Metrics } from '../../src/metrics.ts';
+import type { CredentialProvider, RoleIdentity } from '../../src/server/ports.ts';
+import { FakeClock, settle } from '../fakes/clock.ts';
+import { ScriptedSts } from '../fakes/sts.ts';
+
+const MIN = 60_000;
+
+function identity(name = 'app', externalId?: string): RoleIdentity {
+  const roleArn = `arn:aws:iam::123456789012:role/${name}`;
+  const sessionName = `kiam-default-${name}`;
+  return { key: `${roleArn}|${externalId ?? ''}|${sessionName}`, roleArn, roleName: name, sessionName, ...(externalId ? { externalId } : {}) };
+}
+
+interface Harness {
+  clock: FakeClock;
+  sts: ScriptedSts;
+  metrics: Metrics;
+  cache: CredentialCache;
+  logs: string[];
+}
+
+/** Credentials like STS's: distinguishable per call, lifetime from the request (or `lifetimeMs`). */
+function issuer(clock: FakeClock, lifetimeMs?: number) {
+  return (req: AssumeRoleRequest, n: number): StsCredentials => ({
+    accessKeyId: `ASIATEST${String(n).padStart(12, '0')}`,
+    secretAccessKey: `secret-${n}`,
+    sessionToken: `token-${n}`,
+    expiration: clock.now() + (lifetimeMs ?? req.durationSeconds * 1000),
+  });
+}
+
+function harness(opts: Partial<CredentialCacheDeps> & { respond?: ScriptedSts['respond'] } = {}): Harness {
+  const clock = new FakeClock();
+  const sts = new ScriptedSts(opts.respond === undefined ? issuer(clock) : opts.respond);
+  const metrics = createMetrics();
+  const logs: string[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(String(chunk));
+      cb();
+    },
+  });
+  const cache = new CredentialCache({
+    sts,
+    clock,
+    metrics,
+    logger: pino({ level: 'debug' }, stream),
+    sessionDurationSec: 3600,
+    stsTimeoutMs: 5000,
+    random: () => 0,
+    ...opts,
+  });
+  return { clock, sts, metrics, cache, logs };
+}
+
+async function value(metric: { get(): Promise<{ values: Array<{ value: number; labels: Record<string, unknown> }> }> }, labels: Record<string, string> = {}) {
+  const { values } = await metric.get();
+  const found = values.find((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l));
+  return found?.value ?? 0;
+}
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  assert.fail('expected a rejection');
+}
+
+describe('serving floor and refresh arithmetic', () => {
+  it('floor is min(30 min, duration / 2)', () => {
+    assert.equal(servingFloorMs(3600), 30 * MIN);
+    assert.equal(servingFloorMs(43200), 30 * MIN);
+    assert.equal(servingFloorMs(900), 7.5 * MIN); // a 15-minute session can never have 30 min left
+    assert.equal(servingFloorMs(1800), 15 * MIN);
+  });
+
+  it('refresh is at min(duration / 2, duration − floor − 5 min), at least 1 min', () => {
+    assert.equal(refreshDelayMs(60 * MIN, 30 * MIN), 25 * MIN);
+    assert.equal(refreshDelayMs(12 * 60 * MIN, 30 * MIN), 6 * 60 * MIN);
+    assert.equal(refreshDelayMs(15 * MIN, 7.5 * MIN), 2.5 * MIN);
+    assert.equal(refreshDelayMs(4 * MIN, 2 * MIN), 1 * MIN);
+  });
+
+  it('a short grant lowers the floor only when it could not otherwise be served for 5 min', () => {
+    assert.equal(floorForLifetime(30 * MIN, 60 * MIN), 30 * MIN);
+    assert.equal(floorForLifetime(30 * MIN, 35 * MIN), 30 * MIN);
+    assert.equal(floorForLifetime(30 * MIN, 20 * MIN), 10 * MIN);
+  });
+
+  it('rejects a session duration STS would refuse', () => {
+    assert.throws(() => harness({ sessionDurationSec: 600 }), /sessionDurationSec/);
+    assert.throws(() => harness({ stsTimeoutMs: 0 }), /stsTimeoutMs/);
+  });
+});
+
+describe('CredentialCache', () => {
+  it('is a CredentialProvider', async () => {
+    const { cache } = harness();
+    const provider: CredentialProvider = cache;
+    const creds = await provider.get(identity());
+    assert.match(creds.accessKeyId, /^ASIATEST/);
+    cache.stop();
+  });
+
+  it('shares one STS call among concurrent gets (singleflight), then serves from the cache', async () => {
+    const { cache, sts, clock, metrics } = harness({ respond: () => 'hang' });
+    const id = identity();
+    const waiting = Array.from({ length: 50 }, () => cache.get(id));
+    await settle();
+    assert.equal(sts.calls.length, 1);
+    const call = sts.calls[0]!;
+    assert.deepEqual(call.req, { roleArn: id.roleArn, sessionName: id.sessionName, durationSeconds: 3600 });
+    call.resolve(issuer(clock)(call.req, 1));
+    const all = await Promise.all(waiting);
+    assert.ok(all.every((c) => c === all[0]));
+    assert.equal(all[0]!.lastUpdated, clock.now());
+    const again = await cache.get(id);
+    assert.equal(again.accessKeyId, all[0]!.accessKeyId);
+    assert.equal(sts.calls.length, 1);
+    assert.equal(await value(metrics.cacheMisses), 50);
+    assert.equal(await value(metrics.cacheHits), 1);
+    assert.equal(await value(metrics.cachedIdentities), 1);
+    cache.stop();
+  });
+
+  it('passes the external ID and keeps identities apart', async () => {
+    const { cache, sts } = harness();
+    const a = await cache.get(identity('app', 'ext-1'));
+    const b = await cache.get(identity('app'));
+    assert.notEqual(a.accessKeyId, b.accessKeyId);
+    assert.equal(sts.calls[0]!.req.externalId, 'ext-1');
+    assert.equal(sts.calls[1]!.req.externalId, undefined);
+    cache.stop();
+  });
+
+  it('a caller that gives up does not fail the others or the STS call', async () => {
+    const { cache, sts, clock } = harness({ respond: () => 'hang' });
+    const id = identity();
+    const impatient = new AbortController();
+    const first = cache.get(id, impatient.signal);
+    const second = cache.get(id);
+    await settle();
+    impatient.abort(new Error('client went away'));
+    const err = await rejection(first);
+    assert.equal((err as Error).message, 'client went away');
+    assert.equal(sts.calls.length, 1);
+    assert.equal(sts.calls[0]!.signal.aborted, false);
+    sts.calls[0]!.resolve(issuer(clock)(sts.calls[0]!.req, 1));
+    const creds = await second;
+    assert.match(creds.accessKeyId, /^ASIATEST/);
+    // And a later caller is served from what the abandoned call brought.
+    assert.equal((await cache.get(id)).accessKeyId, creds.accessKeyId);
+    assert.equal(sts.calls.length, 1);
+    cache.stop();
+  });
+
+  it('times the STS call out by itself, whoever waits', async () => {
+    const { cache, sts, clock, metrics } = harness({ respond: () => 'hang', stsTimeoutMs: 2000 });
+    const p = cache.get(identity());
+    await clock.advance(1999);
+    assert.equal(sts.calls[0]!.signal.aborted, false);
+    await clock.advance(1);
+    const err = await rejection(p);
+    assert.ok(err instanceof StsError);
+    assert.equal(err.code, 'timeout');
+    assert.equal(sts.calls[0]!.signal.aborted, true);
+    assert.equal(await value(metrics.stsErrors, { code: 'timeout' }), 1);
+    cache.stop();
+  });
+
+  it('refreshes in the background at issue + 25 min for 1 h sessions: exactly one call per cycle', async () => {
+    const { cache, sts, clock } = harness();
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const first = await cache.get(id);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(25 * MIN - 1);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 2);
+    const second = await cache.get(id);
+    assert.notEqual(second.accessKeyId, first.accessKeyId);
+    assert.equal(second.expiration, clock.now() + 60 * MIN);
+    // Three hours in all: refreshes at 25, 50, …, 175 min.
+    await clock.advance(180 * MIN - 25 * MIN);
+    assert.equal(sts.calls.length, 1 + Math.floor(180 / 25));
+    cache.stop();
+  });
+
+  it('jitters the refresh earlier, never later', async () => {
+    const { cache, sts, clock } = harness({ random: () => 0.999 });
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const base = 25 * MIN;
+    const jitter = Math.floor(base * 0.05 * 0.999);
+    await clock.advance(base - jitter - 1);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('stops refreshing once released, and drops the identity', async () => {
+    const { cache, sts, clock, metrics } = harness();
+    const id = identity();
+    cache.retain(id);
+    cache.retain(id);
+    await cache.prefetch(id);
+    cache.release(id.key);
+    assert.equal(cache.size, 1); // one retainer left
+    await clock.advance(25 * MIN);
+    assert.equal(sts.calls.length, 2);
+    cache.release(id.key);
+    assert.equal(cache.size, 0);
+    assert.equal(clock.timers, 0);
+    assert.equal(await value(metrics.cachedIdentities), 0);
+    await clock.advance(180 * MIN);
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('a failed refresh keeps serving the old credentials above the floor and retries with backoff', async () => {
+    const { cache, sts, clock, metrics } = harness();
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const old = await cache.get(id);
+    const working = sts.respond;
+    sts.respond = () => new StsError('ServiceUnavailable', 'down', true, 503);
+    await clock.advance(25 * MIN);
+    assert.equal(sts.calls.length, 2);
+    assert.equal((await cache.get(id)).accessKeyId, old.accessKeyId);
+    // Retries at +1 s, +2 s, +4 s after each failure.
+    await clock.advance(1000);
+    assert.equal(sts.calls.length, 3);
+    await clock.advance(2000);
+    assert.equal(sts.calls.length, 4);
+    assert.equal((await cache.get(id)).accessKeyId, old.accessKeyId);
+    sts.respond = working;
+    await clock.advance(4000);
+    assert.equal(sts.calls.length, 5);
+    const fresh = await cache.get(id);
+    assert.notEqual(fresh.accessKeyId, old.accessKeyId);
+    assert.equal(await value(metrics.stsErrors, { code: 'ServiceUnavailable' }), 3);
+    // Success resets the backoff: the next cycle is a full refresh interval away.
+    await clock.advance(25 * MIN - 1);
+    assert.equal(sts.calls.length, 5);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 6);
+    cache.stop();
+  });
+
+  it('never serves credentials below the floor, even while STS is failing', async () => {
+    const { cache, sts, clock } = harness();
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const issued = await cache.get(id);
+    sts.respond = () => new StsError('InternalFailure', 'boom', true, 500);
+    let servedLast = -1;
+    for (let t = 0; t <= 45 * MIN; t += 10_000) {
+      await clock.advance(t === 0 ? 0 : 10_000);
+      try {
+        const c = await cache.get(id);
+        assert.ok(c.expiration - clock.now() >= cache.floorMs, `served ${c.expiration - clock.now()} ms of lifetime`);
+        servedLast = clock.now();
+      } catch (err) {
+        assert.ok(err instanceof StsError);
+      }
+    }
+    assert.equal(servedLast, issued.expiration - cache.floorMs);
+    cache.stop();
+  });
+
+  it('refuses at 1 ms below the floor and fetches anew', async () => {
+    const { cache, sts, clock } = harness();
+    const id = identity();
+    const first = await cache.get(id);
+    await clock.advance(30 * MIN); // exactly at the floor: still served
+    assert.equal((await cache.get(id)).accessKeyId, first.accessKeyId);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    const next = await cache.get(id);
+    assert.notEqual(next.accessKeyId, first.accessKeyId);
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('uses half a 15-minute session as its floor and refreshes at 2.5 min', async () => {
+    const { cache, sts, clock } = harness({ sessionDurationSec: 900 });
+    assert.equal(cache.floorMs, 7.5 * MIN);
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    assert.equal(sts.calls[0]!.req.durationSeconds, 900);
+    await clock.advance(2.5 * MIN - 1);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('honours a shorter expiration than asked', async () => {
+    const clock = new FakeClock();
+    const { cache, sts } = harness({ clock, respond: issuer(clock, 20 * MIN) });
+    const id = identity();
+    cache.retain(id);
+    const c = await cache.get(id);
+    assert.equal(c.expiration, clock.now() + 20 * MIN);
+    // floor for a 20-min grant is 10 min; refresh at max(1, min(10, 20 − 10 − 5)) = 5 min.
+    await clock.advance(5 * MIN - 1);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('keeps the 30-min floor for a 40-min grant and refreshes after 5 min', async () => {
+    const clock = new FakeClock();
+    const { cache, sts } = harness({ clock, respond: issuer(clock, 40 * MIN) });
+    const id = identity();
+    cache.retain(id);
+    const c = await cache.get(id);
+    await clock.advance(5 * MIN - 1);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    assert.equal(sts.calls.length, 2);
+    assert.notEqual((await cache.get(id)).accessKeyId, c.accessKeyId);
+    cache.stop();
+  });
+
+  it('refuses credentials granted with under 2 minutes to live', async () => {
+    const clock = new FakeClock();
+    const { cache } = harness({ clock, respond: issuer(clock, 90_000) });
+    const err = await rejection(cache.get(identity()));
+    assert.ok(err instanceof StsError);
+    assert.equal(err.code, 'short-lifetime');
+    cache.stop();
+  });
+
+  it('caches a failure briefly and backs off 1 s doubling to 60 s', async () => {
+    const denied = new StsError('AccessDenied', 'not authorized', false, 403);
+    const { cache, sts, clock, metrics } = harness({ respond: () => denied });
+    const id = identity();
+    assert.equal(await rejection(cache.get(id)), denied);
+    assert.equal(sts.calls.length, 1);
+    const windows = [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000];
+    for (const [i, w] of windows.entries()) {
+      await clock.advance(w - 1);
+      assert.equal(await rejection(cache.get(id)), denied);
+      assert.equal(sts.calls.length, i + 1, `no STS call within window ${i}`);
+      await clock.advance(1);
+      assert.equal(await rejection(cache.get(id)), denied);
+      assert.equal(sts.calls.length, i + 2, `a new call after window ${i}`);
+    }
+    assert.equal(await value(metrics.stsErrors, { code: 'AccessDenied' }), windows.length + 1);
+    cache.stop();
+  });
+
+  it('backs off harder on Throttling', async () => {
+    const { cache, sts, clock } = harness({ respond: () => new StsError('Throttling', 'Rate exceeded', true, 400) });
+    const id = identity();
+    await rejection(cache.get(id));
+    await clock.advance(1999);
+    await rejection(cache.get(id));
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
+    await rejection(cache.get(id));
+    assert.equal(sts.calls.length, 2);
+    await clock.advance(3999);
+    await rejection(cache.get(id));
+    assert.equal(sts.calls.length, 2);
+    cache.stop();
+  });
+
+  it('a retained identity retries by itself after a failed first fetch', async () => {
+    const { cache, sts, clock } = harness();
+    const working = sts.respond;
+    sts.respond = () => new StsError('network', 'ECONNREFUSED', true);
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    assert.equal(sts.calls.length, 1);
+    sts.respond = working;
+    await clock.advance(1000);
+    assert.equal(sts.calls.length, 2);
+    const c = await cache.get(id);
+    assert.equal(sts.calls.length, 2);
+    assert.match(c.accessKeyId, /^ASIATEST/);
+    cache.stop();
+  });
+
+  it('wraps errors that are not StsErrors', async () => {
+    const { cache } = harness({ respond: () => new TypeError('bug in a fake') });
+    const err = await rejection(cache.get(identity()));
+    assert.ok(err instanceof StsError);
+    assert.equal(err.code, 'unknown');
+    cache.stop();
+  });
+
+  it('drops an identity nobody retains once its credentials reach the floor, without refreshing it', async () => {
+    const { cache, sts, clock, metrics } = harness();
+    await cache.get(identity());
+    assert.equal(cache.size, 1);
+    await clock.advance(30 * MIN); // still servable at exactly the floor
+    assert.equal(cache.size, 1);
+    await clock.advance(1);
+    assert.equal(cache.size, 0);
+    assert.equal(clock.timers, 0);
+    assert.equal(sts.calls.length, 1);
+    assert.equal(await value(metrics.cachedIdentities), 0);
+    cache.stop();
+  });
+
+  it('prefetch warms the cache so the first get is a hit, and skips fresh identities', async () => {
+    const { cache, sts, metrics } = harness();
+    const id = identity();
+    await cache.prefetch(id);
+    await cache.prefetch(id);
+    assert.equal(sts.calls.length, 1);
+    await cache.get(id);
+    assert.equal(await value(metrics.cacheHits), 1);
+    assert.equal(await value(metrics.cacheMisses), 0);
+    cache.stop();
+  });
+
+  it('records STS latency by result', async () => {
+    const { cache, clock, sts, metrics } = harness({ respond: () => 'hang' });
+    const p = cache.get(identity());
+    await clock.advance(1500);
+    sts.calls[0]!.resolve(issuer(clock)(sts.calls[0]!.req, 1));
+    await p;
+    const { values } = await metrics.stsDuration.get();
+    const sum = values.find((v) => v.metricName?.endsWith('_sum') && v.labels.result === 'success');
+    assert.equal(sum?.value, 1.5);
+    cache.stop();
+  });
+
+  it('logs role, session and access key id, never the secret or the token', async () => {
+    const { cache, logs, clock } = harness();
+    const id = identity('logged');
+    cache.retain(id);
+    const c = await cache.get(id);
+    await clock.advance(25 * MIN);
+    cache.release(id.key);
+    const text = logs.join('');
+    assert.ok(text.includes(c.accessKeyId));
+    assert.ok(text.includes(id.roleArn));
+    assert.ok(text.includes(id.sessionName));
+    assert.ok(!/secret-\d|token-\d/.test(text), 'a secret or token was logged');
+    cache.stop();
+  });
+
+  it('stop() cancels timers and in-flight calls; later calls reject', async () => {
+    const { cache, sts, clock } = harness({ respond: () => 'hang' });
+    const a = identity('a');
+    const b = identity('b');
+    cache.retain(b);
+    const first = cache.get(b);
+    await settle();
+    sts.calls[0]!.resolve(issuer(clock)(sts.calls[0]!.req, 1));
+    await first;
+    assert.equal(clock.timers, 1); // b's refresh
+    const stuck = cache.get(a);
+    await settle();
+    cache.stop();
+    const err = await rejection(stuck);
+    assert.ok(err instanceof StsError);
+    assert.equal(err.code, 'stopped');
+    assert.equal(sts.calls[1]!.signal.aborted, true);
+    assert.equal(clock.timers, 0);
+    assert.equal(((await rejection(cache.get(a))) as StsError).code, 'stopped');
+    cache.stop(); // idempotent
+  });
+
+  it('release of an unknown key is harmless', () => {
+    const { cache } = harness();
+    cache.release('nope');
+    assert.equal(cache.size, 0);
+    cache.stop();
+  });
+});
+
+// Keep CacheIdentity structurally compatible with the server's RoleIdentity.
+const _compat: CacheIdentity = identity();
+void _compat;
