@@ -1,0 +1,149 @@
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure';
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock.ts';
+import type { Metrics } from '../metrics.ts';
+import { classify } from './paths.ts';
+import type { CredentialProvider, IdentityLookup } from './ports.ts';
+import { createIamHandler } from './routes/credentials.ts';
+import { createPassthroughHandler } from './routes/passthrough.ts';
+import { errorPage, sendError } from './routes/respond.ts';
+import { createTokenHandler } from './routes/token.ts';
+import type { TokenService } from './tokens.ts';
+import type { UpstreamClient } from './upstream.ts';
+
+/**
+ * The metadata endpoint pods reach through the DNAT. One catch-all route: the raw request target is
+ * normalised and classified (paths.ts), so that no spelling of meta-data/iam can reach the upstream.
+ *
+ *   /latest/api/token          IMDSv2 tokens the agent mints (routes/token.ts)
+ *   <version>/meta-data/iam/…  the pod's role (routes/credentials.ts)
+ *   <version>/…                pass-through to the real service, allow/deny lists (routes/passthrough.ts)
+ *
+ * Every GET may carry a token (IMDSv2) or none (IMDSv1); a token that does not verify for this source IP
+ * and the pod now holding it → 401. Source IP from the socket only; trustProxy off; only GET and HEAD
+ * for metadata (405 otherwise). Responses carry `Server: EC2ws`; documents are text/plain, errors small
+ * text/html pages without reasons. Under event-loop pressure → 503 with Retry-After.
+ */
+export type UnderPressureSettings = Omit<FastifyUnderPressureOptions, 'pressureHandler' | 'exposeStatusRoute' | 'customError' | 'healthCheck' | 'healthCheckInterval'> &
+  Pick<FastifyUnderPressureOptions, 'healthCheck' | 'healthCheckInterval'>;
+
+export interface AppDeps {
+  lookup: IdentityLookup;
+  credentials: CredentialProvider;
+  upstream: UpstreamClient;
+  tokens: TokenService;
+  metrics: Metrics;
+  logger: Logger;
+  clock: Clock;
+  /** Pass-through paths must match one of these (empty: all)… */
+  allowRoutes: readonly RegExp[];
+  /** …and none of these. */
+  denyRoutes: readonly RegExp[];
+  /** @fastify/under-pressure thresholds; default DEFAULT_UNDER_PRESSURE. */
+  underPressure?: UnderPressureSettings;
+}
+
+export const DEFAULT_UNDER_PRESSURE: UnderPressureSettings = { maxEventLoopDelay: 1000, retryAfter: 1 };
+
+const TOKEN_HEADER = 'x-aws-ec2-metadata-token';
+const PRESSURE_CODE = 'FST_UNDER_PRESSURE';
+
+/** The client's address from the socket, with IPv4-mapped IPv6 (`::ffff:10.0.0.1`) reduced to IPv4. */
+export function sourceIp(request: FastifyRequest): string {
+  const addr = request.socket.remoteAddress ?? '';
+  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+}
+
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const { lookup, tokens, metrics, logger } = deps;
+  const pressure = deps.underPressure ?? DEFAULT_UNDER_PRESSURE;
+  const retryAfter = String(pressure.retryAfter ?? 10);
+
+  const app = Fastify({
+    logger: false,
+    trustProxy: false,
+    exposeHeadRoutes: false,
+    bodyLimit: 4096,
+    return503OnClosing: true,
+    // Malformed percent-encoding and the like, rejected by the router before any handler.
+    frameworkErrors: (_err, request, reply) => {
+      request.kiamHandler = 'bad';
+      void sendError(reply.header('server', 'EC2ws'), 400);
+    },
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy(err);
+        return;
+      }
+      const body = errorPage(400);
+      socket.end(
+        `HTTP/1.1 400 Bad Request\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    },
+  });
+
+  app.decorateRequest('kiamHandler', 'other');
+  // Bodies are never used: accept any (bounded by bodyLimit) and ignore it, never fail on a content type.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, _body, done) => done(null, undefined));
+
+  app.addHook('onRequest', (_request, reply, done) => {
+    reply.header('server', 'EC2ws');
+    done();
+  });
+  app.addHook('onResponse', (request, reply, done) => {
+    metrics.requestDuration.observe({ handler: request.kiamHandler, code: String(reply.statusCode) }, reply.elapsedTime / 1000);
+    done();
+  });
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
+    if (err.code === PRESSURE_CODE) {
+      request.kiamHandler = 'pressure';
+      logger.debug({ ip: sourceIp(request) }, 'under pressure: 503');
+      return sendError(reply.header('retry-after', retryAfter), 503);
+    }
+    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) logger.error({ err: err.message, url: request.url }, 'metadata request failed');
+    return sendError(reply, status);
+  });
+  app.setNotFoundHandler((request, reply) => sendError(reply, request.method === 'GET' || request.method === 'HEAD' ? 404 : 405));
+
+  const handleToken = createTokenHandler({ tokens, lookup, logger });
+  const handleIam = createIamHandler(deps);
+  const handlePassthrough = createPassthroughHandler(deps);
+
+  async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const ip = sourceIp(request);
+    const route = classify(request.url);
+    if (route.kind === 'bad') {
+      request.kiamHandler = 'bad';
+      return sendError(reply, 400);
+    }
+    if (route.kind === 'token') return handleToken(request, reply, ip);
+
+    request.kiamHandler = route.kind;
+    const method = request.method;
+    if (method !== 'GET' && method !== 'HEAD') return sendError(reply.header('allow', 'GET, HEAD'), 405);
+    if (route.kind === 'refused' || !ip) return sendError(reply, 404);
+
+    const token = request.headers[TOKEN_HEADER];
+    if (token !== undefined) {
+      const check = tokens.verify(String(token), ip, lookup.peekUid(ip));
+      if (check !== 'ok') {
+        logger.debug({ ip, check }, 'metadata token rejected');
+        return sendError(reply, 401);
+      }
+    }
+
+    if (route.kind === 'iam') return handleIam(request, reply, ip, route.rest);
+    return handlePassthrough(request, reply, method, route.path, ip);
+  }
+
+  void app.register(underPressure, pressure);
+  void app.register(async (scope) => {
+    scope.all('*', handle);
+  });
+  return app;
+}

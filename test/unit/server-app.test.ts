@@ -1,0 +1,711 @@
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Writable } from 'node:stream';
+import { after, afterEach, describe, it } from 'node:test';
+import { pino } from 'pino';
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import { createMetrics, type Metrics } from '../../src/metrics.ts';
+import { buildApp, type UnderPressureSettings } from '../../src/server/app.ts';
+import type { CredentialProvider, Credentials, IdentityLookup, Lookup, PodRef, RoleIdentity } from '../../src/server/ports.ts';
+import { createTokenService } from '../../src/server/tokens.ts';
+import { createUpstream, type UpstreamClient } from '../../src/server/upstream.ts';
+import { FakeClock } from '../fakes/clock.ts';
+import { FakeMetadataService, NODE_ROLE } from '../fakes/metadata.ts';
+
+// ---------------------------------------------------------------------------------------------------------
+// Fakes of the ports the server consumes.
+
+const IP_A = '10.1.0.11';
+const IP_B = '10.1.0.12';
+const IP_NOROLE = '10.1.0.13';
+const IP_DENIED = '10.1.0.14';
+const IP_AMBIGUOUS = '10.1.0.15';
+const IP_BROKEN = '10.1.0.16';
+const IP_UNKNOWN = '10.1.0.99';
+
+function pod(uid: string, ip: string, namespace: string, name: string): PodRef {
+  return { uid, ip, namespace, name };
+}
+
+function identity(roleArn: string): RoleIdentity {
+  const roleName = roleArn.slice(roleArn.lastIndexOf('/') + 1);
+  return { key: `${roleArn}|${roleName}-session`, roleArn, roleName, sessionName: `${roleName}-session` };
+}
+
+const ROLE_A = identity('arn:aws:iam::123456789012:role/team-a/app-a');
+const ROLE_B = identity('arn:aws:iam::210987654321:role/app-b');
+const ROLE_BROKEN = identity('arn:aws:iam::123456789012:role/sts-down');
+
+class FakeLookup implements IdentityLookup {
+  readonly byIp = new Map<string, Lookup>();
+  calls = 0;
+  set(ip: string, found: Lookup): void {
+    this.byIp.set(ip, found);
+  }
+  async lookup(ip: string): Promise<Lookup> {
+    this.calls++;
+    return this.byIp.get(ip) ?? { kind: 'unknown' };
+  }
+  peekUid(ip: string): string | undefined {
+    const found = this.byIp.get(ip);
+    return found && 'pod' in found ? found.pod.uid : undefined;
+  }
+}
+
+class FakeCredentials implements CredentialProvider {
+  readonly byKey = new Map<string, Credentials>();
+  calls = 0;
+  constructor(private readonly clock: FakeClock) {}
+  issue(id: RoleIdentity, accessKeyId: string): Credentials {
+    const now = this.clock.now();
+    const creds = {
+      accessKeyId,
+      secretAccessKey: `secret-of-${accessKeyId}`,
+      sessionToken: `session-token-of-${accessKeyId}`,
+      expiration: now + 3600_000 + 123, // a fraction of a second, to see it truncated
+      lastUpdated: now - 60_000 + 456,
+    };
+    this.byKey.set(id.key, creds);
+    return creds;
+  }
+  async get(id: RoleIdentity): Promise<Credentials> {
+    this.calls++;
+    const creds = this.byKey.get(id.key);
+    if (!creds) throw new Error(`AccessDenied: not authorized to assume ${id.roleArn}`);
+    return creds;
+  }
+}
+
+interface LogLine {
+  level: number;
+  msg: string;
+  [key: string]: unknown;
+}
+
+const DEFAULT_DENY = [/^[^/]+\/user-data(\/|$)/, /^[^/]+\/meta-data\/identity-credentials(\/|$)/];
+
+interface Fixture {
+  app: FastifyInstance;
+  clock: FakeClock;
+  lookup: FakeLookup;
+  credentials: FakeCredentials;
+  metrics: Metrics;
+  fake: FakeMetadataService;
+  upstream: UpstreamClient;
+  logs: LogLine[];
+  credsA: Credentials;
+  credsB: Credentials;
+}
+
+const open: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (open.length) await open.pop()?.();
+});
+
+async function setup(options: { allow?: RegExp[]; deny?: RegExp[]; underPressure?: UnderPressureSettings; upstreamTimeoutMs?: number } = {}): Promise<Fixture> {
+  const clock = new FakeClock();
+  const lookup = new FakeLookup();
+  const credentials = new FakeCredentials(clock);
+  lookup.set(IP_A, { kind: 'role', pod: pod('uid-a', IP_A, 'team-a', 'app-a-7d9f'), identity: ROLE_A });
+  lookup.set(IP_B, { kind: 'role', pod: pod('uid-b', IP_B, 'team-b', 'app-b-5c4e'), identity: ROLE_B });
+  lookup.set(IP_NOROLE, { kind: 'no-role', pod: pod('uid-n', IP_NOROLE, 'plain', 'plain-pod') });
+  lookup.set(IP_DENIED, { kind: 'denied', pod: pod('uid-d', IP_DENIED, 'sneaky-ns', 'sneaky-pod'), reason: 'namespace sneaky-ns does not permit admin-role' });
+  lookup.set(IP_AMBIGUOUS, { kind: 'ambiguous' });
+  lookup.set(IP_BROKEN, { kind: 'role', pod: pod('uid-x', IP_BROKEN, 'broken', 'broken-pod'), identity: ROLE_BROKEN });
+  const credsA = credentials.issue(ROLE_A, 'ASIAPODAAAAAAAAAAAAA');
+  const credsB = credentials.issue(ROLE_B, 'ASIAPODBBBBBBBBBBBBB');
+
+  const logs: LogLine[] = [];
+  const logger = pino(
+    { level: 'debug' },
+    new Writable({
+      write(chunk: Buffer, _enc, done) {
+        logs.push(JSON.parse(chunk.toString()) as LogLine);
+        done();
+      },
+    }),
+  );
+  const fake = new FakeMetadataService();
+  const url = await fake.start();
+  const upstream = createUpstream({ endpoint: url, clock, logger, timeoutMs: options.upstreamTimeoutMs ?? 2000 });
+  const metrics = createMetrics();
+  const app = buildApp({
+    lookup,
+    credentials,
+    upstream,
+    tokens: createTokenService({ clock }),
+    metrics,
+    logger,
+    clock,
+    allowRoutes: options.allow ?? [],
+    denyRoutes: options.deny ?? DEFAULT_DENY,
+    ...(options.underPressure ? { underPressure: options.underPressure } : {}),
+  });
+  open.push(async () => {
+    await app.close();
+    upstream.close();
+    await fake.close();
+  });
+  await app.ready();
+  return { app, clock, lookup, credentials, metrics, fake, upstream, logs, credsA, credsB };
+}
+
+function get(app: FastifyInstance, url: string, ip: string, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+  return app.inject({ method: 'GET', url, remoteAddress: ip, headers });
+}
+
+async function putToken(app: FastifyInstance, ip: string, ttl = '21600'): Promise<string> {
+  const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: ip, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': ttl } });
+  assert.equal(res.statusCode, 200);
+  return res.body;
+}
+
+/** A terse error page: the status in it, none of the pod's secrets, names or reasons. */
+function assertTerse(res: LightMyRequestResponse, status: number): void {
+  assert.equal(res.statusCode, status);
+  assert.equal(res.headers['content-type'], 'text/html');
+  assert.equal(res.headers.server, 'EC2ws');
+  assert.match(res.body, new RegExp(`<title>${status} - `));
+  for (const secret of ['team-a', 'app-a', 'app-b', 'sneaky', 'admin-role', 'namespace', 'AccessDenied', 'sts-down', 'ASIA', NODE_ROLE]) {
+    assert.ok(!res.body.includes(secret), `error body mentions ${secret}`);
+  }
+}
+
+const DOC_A = (creds: Credentials) =>
+  '{\n' +
+  '  "Code" : "Success",\n' +
+  `  "LastUpdated" : "${new Date(Math.floor(creds.lastUpdated / 1000) * 1000).toISOString().replace('.000Z', 'Z')}",\n` +
+  '  "Type" : "AWS-HMAC",\n' +
+  `  "AccessKeyId" : "${creds.accessKeyId}",\n` +
+  `  "SecretAccessKey" : "${creds.secretAccessKey}",\n` +
+  `  "Token" : "${creds.sessionToken}",\n` +
+  `  "Expiration" : "${new Date(Math.floor(creds.expiration / 1000) * 1000).toISOString().replace('.000Z', 'Z')}"\n` +
+  '}';
+
+// ---------------------------------------------------------------------------------------------------------
+
+describe('token endpoint', () => {
+  it('mints a token for a PUT with a valid TTL and echoes the TTL', async () => {
+    const { app } = await setup();
+    for (const ttl of ['1', '300', '21600']) {
+      const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_A, headers: { 'X-aws-ec2-metadata-token-ttl-seconds': ttl } });
+      assert.equal(res.statusCode, 200);
+      assert.equal(res.headers['x-aws-ec2-metadata-token-ttl-seconds'], ttl);
+      assert.equal(res.headers['content-type'], 'text/plain');
+      assert.equal(res.headers.server, 'EC2ws');
+      assert.match(res.body, /^[A-Za-z0-9_-]{40,}$/);
+    }
+  });
+
+  it('accepts header names in any case', async () => {
+    const { app } = await setup();
+    const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_A, headers: { 'X-AWS-EC2-METADATA-TOKEN-TTL-SECONDS': '60' } });
+    assert.equal(res.statusCode, 200);
+    const doc = await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'X-AWS-EC2-METADATA-TOKEN': res.body });
+    assert.equal(doc.statusCode, 200);
+    assert.equal(doc.body, 'app-a');
+  });
+
+  it('answers 400 for a missing or invalid TTL', async () => {
+    const { app } = await setup();
+    for (const headers of [{}, { 'x-aws-ec2-metadata-token-ttl-seconds': '0' }, { 'x-aws-ec2-metadata-token-ttl-seconds': '21601' }, { 'x-aws-ec2-metadata-token-ttl-seconds': 'abc' }, { 'x-aws-ec2-metadata-token-ttl-seconds': '-5' }, { 'x-aws-ec2-metadata-token-ttl-seconds': '1.5' }]) {
+      const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_A, headers });
+      assertTerse(res, 400);
+    }
+  });
+
+  it('refuses a PUT carrying X-Forwarded-For with 403', async () => {
+    const { app } = await setup();
+    const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_A, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '21600', 'X-Forwarded-For': '10.9.9.9' } });
+    assertTerse(res, 403);
+  });
+
+  it('answers 405 with Allow: OPTIONS, PUT to other methods on the token path', async () => {
+    const { app } = await setup();
+    for (const method of ['GET', 'HEAD', 'POST', 'DELETE'] as const) {
+      const res = await app.inject({ method, url: '/latest/api/token', remoteAddress: IP_A });
+      assert.equal(res.statusCode, 405, method);
+      assert.equal(res.headers.allow, 'OPTIONS, PUT');
+    }
+  });
+
+  it('never proxies a token PUT to the upstream', async () => {
+    const { app, fake } = await setup();
+    await putToken(app, IP_A);
+    assert.deepEqual(fake.requests, []);
+  });
+
+  it('answers a token PUT without waiting on the pod look-up', async () => {
+    const { app, lookup } = await setup();
+    lookup.lookup = () => new Promise<Lookup>(() => {}); // would hang forever
+    const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_UNKNOWN, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '300' } });
+    assert.equal(res.statusCode, 200);
+  });
+});
+
+describe('token checks on GET', () => {
+  it('accepts GETs without a token (IMDSv1)', async () => {
+    const { app } = await setup();
+    const res = await get(app, '/latest/meta-data/iam/security-credentials/', IP_A);
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.body, 'app-a');
+  });
+
+  it('answers 401 for an invalid token', async () => {
+    const { app, lookup } = await setup();
+    const token = await putToken(app, IP_A);
+    const calls = lookup.calls;
+    for (const bad of ['nope', '', `${token.slice(0, -2)}AA`, token.toLowerCase()]) {
+      assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': bad }), 401);
+    }
+    assert.equal(lookup.calls, calls, 'no lookup for a bad token');
+  });
+
+  it('answers 401 once the token has expired', async () => {
+    const { app, clock } = await setup();
+    const token = await putToken(app, IP_A, '60');
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token })).statusCode, 200);
+    await clock.advance(59_000);
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token })).statusCode, 200);
+    await clock.advance(1_000);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+  });
+
+  it('answers 401 for a token minted for another IP', async () => {
+    const { app } = await setup();
+    const token = await putToken(app, IP_A);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_B, { 'x-aws-ec2-metadata-token': token }), 401);
+    assertTerse(await get(app, '/latest/meta-data/instance-id', IP_B, { 'x-aws-ec2-metadata-token': token }), 401);
+  });
+
+  it('answers 401 when the IP has passed to another pod since the token was minted', async () => {
+    const { app, lookup } = await setup();
+    const token = await putToken(app, IP_A);
+    // app-a goes away, a new pod (another uid) gets the same IP and the same role.
+    lookup.set(IP_A, { kind: 'role', pod: pod('uid-a2', IP_A, 'team-a', 'app-a-new'), identity: ROLE_A });
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+    // The pod gone and the IP unknown: still refused.
+    lookup.byIp.delete(IP_A);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+    // The new pod's own token works.
+    lookup.set(IP_A, { kind: 'role', pod: pod('uid-a2', IP_A, 'team-a', 'app-a-new'), identity: ROLE_A });
+    const fresh = await putToken(app, IP_A);
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': fresh })).statusCode, 200);
+  });
+
+  it('binds a token minted before the pod was known to the IP only', async () => {
+    const { app, lookup } = await setup();
+    const ip = '10.1.0.50';
+    const token = await putToken(app, ip);
+    lookup.set(ip, { kind: 'role', pod: pod('uid-late', ip, 'team-a', 'late'), identity: ROLE_A });
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', ip, { 'x-aws-ec2-metadata-token': token })).body, 'app-a');
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+  });
+});
+
+describe('credentials', () => {
+  it('serves the role listing and the exact credential document over IMDSv2', async () => {
+    const { app, credsA } = await setup();
+    const token = await putToken(app, IP_A);
+    const listing = await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token });
+    assert.equal(listing.statusCode, 200);
+    assert.equal(listing.body, 'app-a');
+    assert.equal(listing.headers['content-type'], 'text/plain');
+    assert.equal(listing.headers.server, 'EC2ws');
+
+    const doc = await get(app, `/latest/meta-data/iam/security-credentials/${listing.body}`, IP_A, { 'x-aws-ec2-metadata-token': token });
+    assert.equal(doc.statusCode, 200);
+    assert.equal(doc.headers['content-type'], 'text/plain');
+    assert.equal(doc.headers.server, 'EC2ws');
+    assert.equal(doc.body, DOC_A(credsA));
+    const parsed = JSON.parse(doc.body) as Record<string, string>;
+    assert.deepEqual(Object.keys(parsed), ['Code', 'LastUpdated', 'Type', 'AccessKeyId', 'SecretAccessKey', 'Token', 'Expiration']);
+    assert.match(parsed.Expiration ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    assert.match(parsed.LastUpdated ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  });
+
+  it('serves each pod its own role', async () => {
+    const { app, credsB } = await setup();
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_B)).body, 'app-b');
+    const doc = await get(app, '/latest/meta-data/iam/security-credentials/app-b', IP_B);
+    assert.equal(JSON.parse(doc.body).AccessKeyId, credsB.accessKeyId);
+  });
+
+  it('answers 404 for another pod\'s role', async () => {
+    const { app, credentials } = await setup();
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-b', IP_A), 404);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/App-A', IP_A), 404);
+    assertTerse(await get(app, `/latest/meta-data/iam/security-credentials/${NODE_ROLE}`, IP_A), 404);
+    assert.equal(credentials.calls, 0);
+  });
+
+  it('lists the iam directory', async () => {
+    const { app } = await setup();
+    for (const url of ['/latest/meta-data/iam/', '/latest/meta-data/iam']) {
+      const res = await get(app, url, IP_A);
+      assert.equal(res.statusCode, 200);
+      assert.equal(res.body, 'info\nsecurity-credentials/');
+    }
+  });
+
+  it('describes the role in iam/info', async () => {
+    const { app, clock } = await setup();
+    const res = await get(app, '/latest/meta-data/iam/info', IP_A);
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.headers['content-type'], 'text/plain');
+    const info = JSON.parse(res.body) as Record<string, string>;
+    assert.deepEqual(Object.keys(info), ['Code', 'LastUpdated', 'InstanceProfileArn', 'InstanceProfileId']);
+    assert.equal(info.Code, 'Success');
+    assert.equal(info.InstanceProfileArn, 'arn:aws:iam::123456789012:instance-profile/app-a');
+    assert.equal(info.LastUpdated, new Date(clock.now()).toISOString().replace('.000Z', 'Z'));
+    assert.match(info.InstanceProfileId ?? '', /^AIPA[A-Z0-9]{17}$/);
+    const again = JSON.parse((await get(app, '/latest/meta-data/iam/info', IP_A)).body) as Record<string, string>;
+    assert.equal(again.InstanceProfileId, info.InstanceProfileId, 'stable');
+    const other = JSON.parse((await get(app, '/latest/meta-data/iam/info', IP_B)).body) as Record<string, string>;
+    assert.equal(other.InstanceProfileArn, 'arn:aws:iam::210987654321:instance-profile/app-b');
+    assert.notEqual(other.InstanceProfileId, info.InstanceProfileId);
+  });
+
+  it('answers 404 for security-credentials-extended and unknown iam paths, without a look-up', async () => {
+    const { app, lookup } = await setup();
+    for (const url of ['/latest/meta-data/iam/security-credentials-extended/', '/latest/meta-data/iam/security-credentials-extended/app-a', '/latest/meta-data/iam/nothing', '/latest/meta-data/iam/security-credentials/app-a/more']) {
+      assertTerse(await get(app, url, IP_A), 404);
+      assertTerse(await get(app, url, IP_DENIED), 404);
+    }
+    assert.equal(lookup.calls, 0);
+  });
+
+  it('answers 404 to a pod without a role, an unknown IP and an ambiguous IP', async () => {
+    const { app, credentials, fake } = await setup();
+    for (const ip of [IP_NOROLE, IP_UNKNOWN, IP_AMBIGUOUS]) {
+      for (const url of ['/latest/meta-data/iam/', '/latest/meta-data/iam/info', '/latest/meta-data/iam/security-credentials/', `/latest/meta-data/iam/security-credentials/${NODE_ROLE}`, '/latest/meta-data/iam/security-credentials/app-a']) {
+        assertTerse(await get(app, url, ip), 404);
+      }
+    }
+    assert.equal(credentials.calls, 0);
+    assert.deepEqual(fake.requests, [], 'the node role is never asked for');
+  });
+
+  it('answers 403 to a pod whose role is denied, 404 on extended, and logs the reason once', async () => {
+    const { app, logs, metrics } = await setup();
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_DENIED), 403);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/admin-role', IP_DENIED), 403);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials-extended/', IP_DENIED), 404);
+    const warnings = logs.filter((l) => l.level === 40 && l.msg === 'role denied to pod');
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0]?.reason, 'namespace sneaky-ns does not permit admin-role');
+    assert.equal(warnings[0]?.namespace, 'sneaky-ns');
+    const denials = await metrics.denials.get();
+    assert.equal(denials.values.find((v) => v.labels.reason === 'policy')?.value, 2);
+  });
+
+  it('answers 503 when no credentials can be had, and hands out nothing', async () => {
+    const { app, logs } = await setup();
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_BROKEN)).body, 'sts-down');
+    for (let i = 0; i < 3; i++) assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/sts-down', IP_BROKEN), 503);
+    const warnings = logs.filter((l) => l.msg === 'no credentials for pod' && l.level === 40);
+    assert.equal(warnings.length, 1, 'warned once');
+    assert.match(String(warnings[0]?.err), /AccessDenied/);
+  });
+
+  it('answers 503 rather than serve expired credentials', async () => {
+    const { app, clock } = await setup();
+    await clock.advance(3600_000 + 1000);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A), 503);
+  });
+
+  it('logs at info once per pod and access key, never a secret', async () => {
+    const { app, credentials, logs, credsA } = await setup();
+    for (let i = 0; i < 3; i++) assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A)).statusCode, 200);
+    let served = logs.filter((l) => l.level === 30 && l.msg === 'credentials served');
+    assert.equal(served.length, 1);
+    assert.deepEqual(
+      { pod: served[0]?.pod, namespace: served[0]?.namespace, role: served[0]?.role, accessKeyId: served[0]?.accessKeyId },
+      { pod: 'app-a-7d9f', namespace: 'team-a', role: ROLE_A.roleArn, accessKeyId: credsA.accessKeyId },
+    );
+    // New credentials for the same pod: logged again.
+    const next = credentials.issue(ROLE_A, 'ASIAPODAAAAAAAAAAAA2');
+    await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A);
+    served = logs.filter((l) => l.level === 30 && l.msg === 'credentials served');
+    assert.equal(served.length, 2);
+    assert.equal(served[1]?.accessKeyId, next.accessKeyId);
+    const all = JSON.stringify(logs);
+    for (const secret of [credsA.secretAccessKey, credsA.sessionToken, next.secretAccessKey, next.sessionToken]) assert.ok(!all.includes(secret));
+  });
+
+  it('answers HEAD like GET without a body', async () => {
+    const { app, credsA } = await setup();
+    const res = await app.inject({ method: 'HEAD', url: '/latest/meta-data/iam/security-credentials/app-a', remoteAddress: IP_A });
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.body, '');
+    assert.equal(Number(res.headers['content-length']), Buffer.byteLength(DOC_A(credsA)));
+  });
+
+  it('answers 405 to methods other than GET and HEAD', async () => {
+    const { app, lookup } = await setup();
+    for (const method of ['POST', 'PUT', 'DELETE', 'PATCH'] as const) {
+      const res = await app.inject({ method, url: '/latest/meta-data/iam/security-credentials/app-a', remoteAddress: IP_A });
+      assertTerse(res, 405);
+      assert.equal(res.headers.allow, 'GET, HEAD');
+    }
+    assert.equal(lookup.calls, 0);
+  });
+
+  it('takes the source IP from the socket: X-Forwarded-For and friends are ignored', async () => {
+    const { app } = await setup();
+    const res = await get(app, '/latest/meta-data/iam/security-credentials/', IP_NOROLE, { 'x-forwarded-for': IP_A, 'x-real-ip': IP_A, forwarded: `for=${IP_A}` });
+    assertTerse(res, 404);
+    const mapped = await get(app, '/latest/meta-data/iam/security-credentials/', `::ffff:${IP_A}`);
+    assert.equal(mapped.body, 'app-a');
+  });
+});
+
+describe('path spellings', () => {
+  const ours = [
+    '/latest/meta-data/iam/security-credentials/',
+    '/latest/meta-data/iam/security-credentials',
+    '/latest//meta-data//iam//security-credentials/',
+    '//latest/meta-data/iam/security-credentials/',
+    '/latest/meta-data/%69am/security-credentials/',
+    '/latest/meta-data/%49%41%4D/security-credentials/',
+    '/latest/meta-data/IAM/security-credentials/',
+    '/latest/Meta-Data/Iam/Security-Credentials/',
+    '/latest/meta-data%2Fiam%2Fsecurity-credentials/',
+    '/latest/meta-data/%2e/iam/security-credentials/',
+    '/latest/dynamic/%2e%2e/meta-data/iam/security-credentials/',
+    '/2016-09-02/meta-data/iam/security-credentials/',
+    '/2009-04-04/meta-data/iam/security-credentials/',
+    '/meta-data/iam/security-credentials/',
+    '/LATEST/meta-data/iam/security-credentials/',
+    '/latest/meta-data/iam/security-credentials/?x=1',
+  ];
+  const refused: Array<[string, number]> = [
+    ['/latest/meta-data/%2569am/security-credentials/', 400],
+    ['/latest/meta-data/iam%00/security-credentials/', 400],
+    ['/latest/meta-data/%zz/', 400],
+    ['/latest/meta-data/iam;x=1/security-credentials/', 404],
+    ['/latest/meta-data/iam./security-credentials/', 404],
+    ['/latest/meta-data/iam%20/security-credentials/', 404],
+    ['/latest/meta-data/x-iam/', 404],
+    ['/foo/meta-data/iam/security-credentials/', 404],
+    ['/latest/dynamic/iam/security-credentials/', 404],
+    ['/latest/meta-data/placement/iam/', 404],
+    ['/latest/api/iam', 404],
+    ['/latest/api/token/extra', 404],
+    ['/api/token', 404],
+  ];
+
+  it('answers every spelling of meta-data/iam itself', async () => {
+    const { app, fake } = await setup();
+    for (const url of ours) {
+      const res = await get(app, url, IP_A);
+      assert.equal(res.statusCode, 200, url);
+      assert.equal(res.body, 'app-a', url);
+    }
+    assert.deepEqual(fake.requests, []);
+  });
+
+  it('refuses spellings that could reach iam upstream, and proxies none of them', async () => {
+    const { app, fake } = await setup({ deny: [] });
+    for (const [url, status] of refused) {
+      const res = await get(app, url, IP_A);
+      assertTerse(res, status);
+    }
+    // Also for pods without a role: nothing reaches the node's role.
+    for (const url of [...ours, ...refused.map(([u]) => u)]) {
+      const res = await get(app, url, IP_NOROLE);
+      assert.ok(res.statusCode >= 400, url);
+      assert.ok(!res.body.includes('ASIANODE') && !res.body.includes(NODE_ROLE), url);
+    }
+    assert.deepEqual(fake.requests, []);
+  });
+
+  it('handles raw request targets that inject would normalise (dot segments, absolute form, backslashes)', async () => {
+    const { app, fake } = await setup({ deny: [] });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const { port } = app.server.address() as net.AddressInfo;
+    const raw = async (target: string): Promise<{ status: number; body: string }> =>
+      new Promise((resolve, reject) => {
+        const socket = net.connect(port, '127.0.0.1', () => socket.write(`GET ${target} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n`));
+        let data = '';
+        socket.on('data', (c: Buffer) => (data += c.toString()));
+        socket.on('error', reject);
+        socket.on('close', () => resolve({ status: Number(data.slice(9, 12)), body: data.slice(data.indexOf('\r\n\r\n') + 4) }));
+      });
+    // Loopback is not a pod: the lookup says unknown, so "ours" answers 404 — but never reaches upstream.
+    for (const target of [
+      '/latest/meta-data/../meta-data/iam/security-credentials/',
+      '/latest/meta-data/./iam/security-credentials/',
+      '/latest/x/../../latest/meta-data/iam/',
+      'http://169.254.169.254/latest/meta-data/iam/security-credentials/',
+      'http://169.254.169.254/latest/meta-data/foo/../iam/',
+      '/latest/meta-data\\iam/security-credentials/',
+      '/latest/meta-data/%5Ciam/',
+      '*',
+    ]) {
+      const res = await raw(target);
+      assert.ok(res.status === 404 || res.status === 400, `${target} → ${res.status}`);
+      assert.ok(!res.body.includes(NODE_ROLE), target);
+    }
+    assert.deepEqual(fake.requests, []);
+    // And a well-formed absolute-form pass-through still works.
+    const ok = await raw('http://169.254.169.254/latest/meta-data/instance-id');
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body, 'i-0123456789abcdef0');
+  });
+});
+
+describe('pass-through', () => {
+  it('proxies other metadata paths with the agent\'s own token, never the pod\'s headers', async () => {
+    const { app, fake } = await setup();
+    const podToken = await putToken(app, IP_A);
+    const res = await get(app, '/latest/meta-data/instance-id', IP_A, {
+      'x-aws-ec2-metadata-token': podToken,
+      'x-forwarded-for': '10.200.0.1',
+      'x-pod-secret': 'do-not-forward',
+      'user-agent': 'aws-sdk-js/3',
+      cookie: 'a=b',
+    });
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.body, 'i-0123456789abcdef0');
+    assert.equal(res.headers['content-type'], 'text/plain');
+    assert.equal(res.headers.server, 'EC2ws');
+
+    const puts = fake.requests.filter((r) => r.method === 'PUT');
+    const gets = fake.requests.filter((r) => r.method === 'GET');
+    assert.equal(puts.length, 1);
+    assert.equal(puts[0]?.headers['x-aws-ec2-metadata-token-ttl-seconds'], '21600');
+    assert.equal(gets.length, 1);
+    assert.equal(gets[0]?.path, '/latest/meta-data/instance-id');
+    const seen = gets[0]?.headers ?? {};
+    assert.ok(typeof seen['x-aws-ec2-metadata-token'] === 'string' && seen['x-aws-ec2-metadata-token'] !== podToken);
+    for (const r of fake.requests) {
+      for (const name of ['x-forwarded-for', 'x-pod-secret', 'user-agent', 'cookie', 'forwarded', 'x-real-ip']) assert.equal(r.headers[name], undefined, name);
+      assert.ok(!JSON.stringify(r.headers).includes(podToken));
+    }
+  });
+
+  it('passes status codes, bodies and content types through', async () => {
+    const { app } = await setup();
+    const doc = await get(app, '/latest/dynamic/instance-identity/document', IP_A);
+    assert.equal(doc.statusCode, 200);
+    assert.equal(doc.headers['content-type'], 'application/json');
+    assert.equal(JSON.parse(doc.body).accountId, '111122223333');
+    const region = await get(app, '/2016-09-02/meta-data/placement/region', IP_NOROLE);
+    assert.equal(region.body, 'eu-west-1');
+    const listing = await get(app, '/latest/meta-data/placement/', IP_UNKNOWN);
+    assert.equal(listing.body, 'availability-zone\nregion');
+    const missing = await get(app, '/latest/meta-data/nothing-here', IP_A);
+    assert.equal(missing.statusCode, 404);
+    assert.equal(missing.headers['content-type'], 'text/html');
+  });
+
+  it('holds the deny list, in any case spelling, without contacting the upstream', async () => {
+    const { app, fake, logs } = await setup();
+    for (const url of [
+      '/latest/user-data',
+      '/latest/user-data/',
+      '/latest/USER-DATA',
+      '/2016-09-02/user-data',
+      '/latest//user-data',
+      '/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance',
+      '/latest/meta-data/%69dentity-credentials/ec2/security-credentials/ec2-instance',
+      '/latest/meta-data/Identity-Credentials/ec2/security-credentials/ec2-instance',
+    ]) {
+      const res = await get(app, url, IP_A);
+      assertTerse(res, 404);
+      assert.ok(!res.body.includes('secret') && !res.body.includes('ASIANODE'));
+    }
+    assert.deepEqual(fake.requests, []);
+    assert.ok(logs.some((l) => l.msg === 'metadata path denied' && l.path === 'latest/user-data'));
+  });
+
+  it('with an allow list, proxies only what it allows', async () => {
+    const { app, fake } = await setup({ allow: [/^latest\/meta-data\/instance-id$/, /^$/] });
+    assert.equal((await get(app, '/latest/meta-data/instance-id', IP_A)).statusCode, 200);
+    assert.equal((await get(app, '/', IP_A)).statusCode, 200);
+    assertTerse(await get(app, '/latest/meta-data/placement/region', IP_A), 404);
+    assertTerse(await get(app, '/latest/meta-data/local-ipv4', IP_A), 404);
+    assert.deepEqual(
+      fake.requests.filter((r) => r.method === 'GET').map((r) => r.path),
+      ['/latest/meta-data/instance-id', '/'],
+    );
+  });
+
+  it('answers HEAD through the upstream', async () => {
+    const { app, fake } = await setup();
+    const res = await app.inject({ method: 'HEAD', url: '/latest/meta-data/local-ipv4', remoteAddress: IP_A });
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.body, '');
+    assert.equal(res.headers['content-length'], String('10.0.0.10'.length));
+    assert.deepEqual(fake.requests.filter((r) => r.method !== 'PUT').map((r) => r.method), ['HEAD']);
+  });
+
+  it('answers 502 when the upstream cannot be reached and 504 when it is too slow', async () => {
+    const slow = await setup({ upstreamTimeoutMs: 100 });
+    slow.fake.delayMs = 1000;
+    assertTerse(await get(slow.app, '/latest/meta-data/instance-id', IP_A), 504);
+
+    const down = await setup();
+    await down.fake.close();
+    assertTerse(await get(down.app, '/latest/meta-data/instance-id', IP_A), 502);
+  });
+
+  it('refuses other methods and unversioned paths', async () => {
+    const { app, fake } = await setup();
+    assertTerse(await app.inject({ method: 'POST', url: '/latest/meta-data/instance-id', remoteAddress: IP_A }), 405);
+    assertTerse(await get(app, '/meta-data/instance-id', IP_A), 404);
+    assertTerse(await get(app, '/favicon.ico', IP_A), 404);
+    assert.deepEqual(fake.requests, []);
+  });
+});
+
+describe('operations on the metadata app', () => {
+  it('records request duration by handler and code', async () => {
+    const { app, metrics } = await setup();
+    await putToken(app, IP_A);
+    await get(app, '/latest/meta-data/iam/security-credentials/', IP_A);
+    await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A);
+    await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_NOROLE);
+    await get(app, '/latest/meta-data/instance-id', IP_A);
+    await get(app, '/latest/user-data', IP_A);
+    const data = await metrics.requestDuration.get();
+    const counts = new Map(
+      data.values.filter((v) => v.metricName === 'kiam_metadata_request_duration_seconds_count').map((v) => [`${v.labels.handler}:${v.labels.code}`, v.value]),
+    );
+    assert.deepEqual(Object.fromEntries(counts), {
+      'token:200': 1,
+      'listing:200': 1,
+      'credentials:200': 1,
+      'credentials:404': 1,
+      'passthrough:200': 1,
+      'passthrough-denied:404': 1,
+    });
+  });
+
+  it('answers 503 with Retry-After under pressure', async () => {
+    const { app, lookup } = await setup({ underPressure: { healthCheck: async () => false, healthCheckInterval: 60_000, retryAfter: 3 } });
+    const res = await get(app, '/latest/meta-data/iam/security-credentials/', IP_A);
+    assertTerse(res, 503);
+    assert.equal(res.headers['retry-after'], '3');
+    assert.equal(lookup.calls, 0);
+    const put = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_A, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '60' } });
+    assert.equal(put.statusCode, 503);
+  });
+
+  it('ignores request bodies of any content type', async () => {
+    const { app } = await setup();
+    const res = await app.inject({
+      method: 'PUT',
+      url: '/latest/api/token',
+      remoteAddress: IP_A,
+      headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '60', 'content-type': 'application/json' },
+      payload: '{not json',
+    });
+    assert.equal(res.statusCode, 200);
+  });
+});
+
+after(() => {
+  assert.equal(open.length, 0);
+});
