@@ -1,0 +1,412 @@
+/**
+ * THE Kubernetes adapter: the only file that imports @kubernetes/client-node.
+ *
+ * - A node-scoped ListWatch of pods (`spec.nodeName=NODE` on the list AND the watch, bookmarks on) and a
+ *   cluster-wide ListWatch of namespaces, each restarted with exponential backoff whenever client-node's
+ *   informer stops on an error (it does on a failed list or a non-200/410 watch: toolchain.md).
+ * - Objects are slimmed to the few fields we use before client-node caches them (memory on every node).
+ * - Lists and the live GET by IP are plain HTTPS GETs authenticated by the KubeConfig: no generated API
+ *   client, no model deserialisation.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import { KubeConfig, ListWatch, Watch, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { systemClock, type Clock, type Timer } from '../clock.ts';
+import type { Metrics } from '../metrics.ts';
+import type { NamespaceSource, PodSource, SourceEvents } from './lookup.ts';
+import { EXTERNAL_ID_ANNOTATION, ROLE_ANNOTATION, toPodInfo, type PodInfo } from './pod-index.ts';
+import type { NamespaceInfo } from './types.ts';
+
+/** Load a kubeconfig file, or the in-cluster service account when path is undefined. Throws a clear error. */
+export function loadKubeConfig(path?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (path !== undefined && path !== '') {
+    try {
+      kc.loadFromFile(path);
+    } catch (err) {
+      throw new Error(`--kubeconfig ${path}: cannot load: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  } else {
+    if (!process.env.KUBERNETES_SERVICE_HOST || !process.env.KUBERNETES_SERVICE_PORT) {
+      throw new Error('not running in a cluster (KUBERNETES_SERVICE_HOST/PORT unset): pass --kubeconfig');
+    }
+    kc.loadFromCluster();
+  }
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error(`kubeconfig${path ? ` ${path}` : ''}: no current context/cluster`);
+  if (!/^https?:\/\//.test(cluster.server)) throw new Error(`kubeconfig${path ? ` ${path}` : ''}: cluster server "${cluster.server}" is not an http(s) URL`);
+  return kc;
+}
+
+export interface BackoffOptions {
+  /** First restart delay. Default 1000 ms. */
+  initialMs?: number;
+  /** Cap. Default 30000 ms. */
+  maxMs?: number;
+  /** Relative jitter, ±. Default 0.2. */
+  jitter?: number;
+}
+
+export interface KubeSourceOptions {
+  kubeConfig: KubeConfig;
+  nodeName: string;
+  metrics: Metrics;
+  logger: Logger;
+  /** Timers for the restart backoff and watch reconnect delays. Default: the system clock. */
+  clock?: Clock;
+  backoff?: BackoffOptions;
+  /** Timeout of each informer list. Default 30000 ms. */
+  listTimeoutMs?: number;
+}
+
+export class KubeHttpError extends Error {
+  override name = 'KubeHttpError';
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Escape a value for a field selector (`\`, `,` and `=` are special). */
+export function fieldValue(value: string): string {
+  return value.replace(/[\\,=]/g, (c) => `\\${c}`);
+}
+
+/** GET path on the current cluster; resolves the parsed JSON body of a 200, rejects otherwise. */
+export async function kubeGetJson(kc: KubeConfig, path: string, signal?: AbortSignal): Promise<unknown> {
+  const cluster = kc.getCurrentCluster();
+  if (!cluster) throw new Error('kubeconfig has no current cluster');
+  const url = new URL(cluster.server.replace(/\/+$/, '') + path);
+  const options: https.RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
+  await kc.applyToHTTPSOptions(options);
+  if (signal) options.signal = signal;
+  const transport = url.protocol === 'http:' ? http : https;
+  return new Promise((resolve, reject) => {
+    const req = transport.request(url, options, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode !== 200) {
+          let message = body.slice(0, 200);
+          try {
+            message = (JSON.parse(body) as { message?: string }).message ?? message;
+          } catch {
+            // keep the raw text
+          }
+          reject(new KubeHttpError(res.statusCode ?? 0, `GET ${url.pathname}: HTTP ${res.statusCode}: ${message}`));
+          return;
+        }
+        try {
+          resolve(JSON.parse(body));
+        } catch (err) {
+          reject(new Error(`GET ${url.pathname}: invalid JSON: ${err instanceof Error ? err.message : String(err)}`));
+        }
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+// ---- slim objects: what client-node's cache keeps ----
+
+interface SlimMeta {
+  name?: string;
+  namespace?: string;
+  uid?: string;
+  resourceVersion?: string;
+  annotations?: Record<string, string>;
+  deletionTimestamp?: Date;
+}
+
+interface SlimPod extends KubernetesObject {
+  metadata: SlimMeta;
+  spec?: { serviceAccountName?: string; hostNetwork?: boolean };
+  status?: { phase?: string; podIP?: string };
+}
+
+interface SlimNamespace extends KubernetesObject {
+  metadata: SlimMeta;
+}
+
+type Raw = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+function pick(annotations: unknown, keep: (key: string) => boolean): Record<string, string> | undefined {
+  if (!annotations || typeof annotations !== 'object') return undefined;
+  let out: Record<string, string> | undefined;
+  for (const [k, v] of Object.entries(annotations as Record<string, unknown>)) {
+    if (typeof v === 'string' && keep(k)) (out ??= {})[k] = v;
+  }
+  return out;
+}
+
+function slimMeta(m: Raw | undefined, keepAnnotation: (key: string) => boolean): SlimMeta {
+  const meta: SlimMeta = {};
+  if (!m) return meta;
+  if (typeof m.name === 'string') meta.name = m.name;
+  if (typeof m.namespace === 'string') meta.namespace = m.namespace;
+  if (typeof m.uid === 'string') meta.uid = m.uid;
+  if (typeof m.resourceVersion === 'string') meta.resourceVersion = m.resourceVersion;
+  const annotations = pick(m.annotations, keepAnnotation);
+  if (annotations) meta.annotations = annotations;
+  if (m.deletionTimestamp) meta.deletionTimestamp = m.deletionTimestamp instanceof Date ? m.deletionTimestamp : new Date(String(m.deletionTimestamp));
+  return meta;
+}
+
+const podAnnotation = (k: string) => k === ROLE_ANNOTATION || k === EXTERNAL_ID_ANNOTATION;
+const nsAnnotation = (k: string) => k.startsWith('iam.amazonaws.com/');
+
+export function slimPod(raw: Raw): SlimPod {
+  const pod: SlimPod = { metadata: slimMeta(raw.metadata, podAnnotation) };
+  const spec: SlimPod['spec'] = {};
+  if (typeof raw.spec?.serviceAccountName === 'string') spec.serviceAccountName = raw.spec.serviceAccountName;
+  if (raw.spec?.hostNetwork === true) spec.hostNetwork = true;
+  pod.spec = spec;
+  const status: SlimPod['status'] = {};
+  if (typeof raw.status?.phase === 'string') status.phase = raw.status.phase;
+  if (typeof raw.status?.podIP === 'string') status.podIP = raw.status.podIP;
+  pod.status = status;
+  return pod;
+}
+
+export function slimNamespace(raw: Raw): SlimNamespace {
+  return { metadata: slimMeta(raw.metadata, nsAnnotation) };
+}
+
+function toNamespaceInfo(ns: SlimNamespace): NamespaceInfo {
+  return { name: ns.metadata.name ?? '', annotations: ns.metadata.annotations ?? {} };
+}
+
+/** A Watch that slims each object before ListWatch sees (and caches) it, and that can be shut. */
+class SlimWatch extends Watch {
+  private readonly controllers = new Set<AbortController>();
+  closed = false;
+
+  constructor(
+    kc: KubeConfig,
+    private readonly slim: (raw: Raw) => KubernetesObject,
+  ) {
+    super(kc);
+  }
+
+  override async watch(
+    path: string,
+    queryParams: Record<string, string | number | boolean | undefined>,
+    callback: (phase: string, apiObj: any, watchObj?: any) => void, // eslint-disable-line @typescript-eslint/no-explicit-any
+    done: (err: any) => void, // eslint-disable-line @typescript-eslint/no-explicit-any
+  ): Promise<AbortController> {
+    let controller: AbortController | undefined;
+    const slimCallback = (phase: string, obj: Raw) => {
+      if ((phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED') && obj && typeof obj === 'object') callback(phase, this.slim(obj));
+      else callback(phase, obj);
+    };
+    const wrappedDone = (err: unknown) => {
+      if (controller) this.controllers.delete(controller);
+      done(err);
+    };
+    controller = await super.watch(path, queryParams, slimCallback, wrappedDone);
+    if (this.closed) controller.abort();
+    else this.controllers.add(controller);
+    return controller;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const c of this.controllers) c.abort();
+    this.controllers.clear();
+  }
+}
+
+interface ReflectorOptions<T extends KubernetesObject, I> {
+  resource: 'pods' | 'namespaces';
+  path: string;
+  fieldSelector?: string;
+  slim: (raw: Raw) => T;
+  convert: (obj: T) => I;
+}
+
+const never = <T>() => new Promise<T>(() => {});
+
+/**
+ * One resource's ListWatch with restart-on-error. client-node's ListWatch has races on stop (a list or a
+ * reconnect delay in flight starts a new watch afterwards): its list, delay and watch are all ours and
+ * go quiet once stopped.
+ */
+class Reflector<T extends KubernetesObject, I> {
+  private informer: ListWatch<T> | undefined;
+  private watch: SlimWatch | undefined;
+  private events: SourceEvents<I> | undefined;
+  private stopped = false;
+  private synced = false;
+  private attempt = 0;
+  private restartTimer: Timer | undefined;
+  private readonly stopController = new AbortController();
+  private readonly delayTimers = new Set<Timer>();
+  private readonly clock: Clock;
+
+  constructor(
+    private readonly common: KubeSourceOptions,
+    private readonly opts: ReflectorOptions<T, I>,
+  ) {
+    this.clock = common.clock ?? systemClock;
+  }
+
+  start(events: SourceEvents<I>): void {
+    if (this.informer || this.stopped) return;
+    this.events = events;
+    const { kubeConfig } = this.common;
+    const { path, fieldSelector, convert } = this.opts;
+    this.watch = new SlimWatch(kubeConfig, this.opts.slim);
+    const informer = new ListWatch<T>(`${path}?allowWatchBookmarks=true`, this.watch, () => this.list(), false, undefined, fieldSelector, {
+      delayFn: (ms) => this.delay(ms),
+    });
+    informer.on('add', (obj) => {
+      this.attempt = 0;
+      events.upsert(convert(obj));
+    });
+    informer.on('update', (obj) => {
+      this.attempt = 0;
+      events.upsert(convert(obj));
+    });
+    informer.on('delete', (obj) => {
+      this.attempt = 0;
+      events.remove(convert(obj));
+    });
+    informer.on('error', (err) => this.onError(err));
+    this.informer = informer;
+    this.run();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.restartTimer?.cancel();
+    for (const t of this.delayTimers) t.cancel();
+    this.delayTimers.clear();
+    this.stopController.abort(new Error('stopped'));
+    this.watch?.close();
+    await this.informer?.stop();
+  }
+
+  private run(): void {
+    this.informer?.start().catch((err: unknown) => this.onError(err));
+  }
+
+  private async list(): Promise<KubernetesListObject<T>> {
+    const { path, fieldSelector, slim } = this.opts;
+    const query = fieldSelector ? `?fieldSelector=${encodeURIComponent(fieldSelector)}` : '';
+    const signal = AbortSignal.any([this.stopController.signal, AbortSignal.timeout(this.common.listTimeoutMs ?? 30_000)]);
+    const body = (await kubeGetJson(this.common.kubeConfig, path + query, signal)) as Raw;
+    if (this.stopped) return never();
+    if (!body || !Array.isArray(body.items)) throw new Error(`GET ${path}: not a list`);
+    const items = (body.items as Raw[]).map(slim);
+    this.attempt = 0;
+    if (!this.synced) {
+      // ListWatch applies the list synchronously once this promise resolves: report after it.
+      setImmediate(() => {
+        if (this.stopped || this.synced) return;
+        this.synced = true;
+        this.common.logger.info({ resource: this.opts.resource, count: items.length }, 'watch synced');
+        this.events?.synced();
+      });
+    }
+    return { metadata: { resourceVersion: String(body.metadata?.resourceVersion ?? '') }, items };
+  }
+
+  /** ListWatch's reconnect delay; never resolves once stopped (so no watch starts after stop). */
+  private delay(ms: number): Promise<void> {
+    if (this.stopped) return never();
+    return new Promise((resolve) => {
+      const t = this.clock.setTimeout(() => {
+        this.delayTimers.delete(t);
+        if (!this.stopped) resolve();
+      }, ms);
+      this.delayTimers.add(t);
+    });
+  }
+
+  private onError(err: unknown): void {
+    if (this.stopped) return; // stop() aborts the watch, which client-node reports as an error
+    const { initialMs = 1000, maxMs = 30_000, jitter = 0.2 } = this.common.backoff ?? {};
+    const base = Math.min(maxMs, initialMs * 2 ** Math.min(this.attempt, 30));
+    const delay = Math.max(0, Math.round(Math.min(maxMs, base * (1 + jitter * (Math.random() * 2 - 1)))));
+    this.attempt++;
+    this.common.logger.warn(
+      { resource: this.opts.resource, err: err instanceof Error ? err.message : String(err), retryInMs: delay },
+      'watch stopped; restarting',
+    );
+    this.restartTimer?.cancel();
+    this.restartTimer = this.clock.setTimeout(() => {
+      this.restartTimer = undefined;
+      if (this.stopped) return;
+      this.common.metrics.watchRestarts.inc({ resource: this.opts.resource });
+      this.run();
+    }, delay);
+  }
+}
+
+/** This node's pods: ListWatch scoped by spec.nodeName, and the live GET by IP. */
+export class KubePodSource implements PodSource {
+  private readonly reflector: Reflector<SlimPod, PodInfo>;
+
+  constructor(private readonly options: KubeSourceOptions) {
+    if (!options.nodeName) throw new Error('node name is required for the pod watch');
+    this.reflector = new Reflector(options, {
+      resource: 'pods',
+      path: '/api/v1/pods',
+      fieldSelector: `spec.nodeName=${fieldValue(options.nodeName)}`,
+      slim: slimPod,
+      convert: toPodInfo,
+    });
+  }
+
+  start(events: SourceEvents<PodInfo>): void {
+    this.reflector.start(events);
+  }
+
+  stop(): Promise<void> {
+    return this.reflector.stop();
+  }
+
+  async listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]> {
+    const selector = `spec.nodeName=${fieldValue(this.options.nodeName)},status.podIP=${fieldValue(ip)}`;
+    const body = (await kubeGetJson(
+      this.options.kubeConfig,
+      `/api/v1/pods?fieldSelector=${encodeURIComponent(selector)}`,
+      AbortSignal.timeout(Math.max(1, timeoutMs)),
+    )) as Raw;
+    if (!body || !Array.isArray(body.items)) throw new Error('GET /api/v1/pods: not a list');
+    return (body.items as Raw[]).map((p) => toPodInfo(slimPod(p)));
+  }
+}
+
+/** All namespaces (only their iam.amazonaws.com/* annotations are kept). */
+export class KubeNamespaceSource implements NamespaceSource {
+  private readonly reflector: Reflector<SlimNamespace, NamespaceInfo>;
+
+  constructor(options: KubeSourceOptions) {
+    this.reflector = new Reflector(options, {
+      resource: 'namespaces',
+      path: '/api/v1/namespaces',
+      slim: slimNamespace,
+      convert: toNamespaceInfo,
+    });
+  }
+
+  start(events: SourceEvents<NamespaceInfo>): void {
+    this.reflector.start(events);
+  }
+
+  stop(): Promise<void> {
+    return this.reflector.stop();
+  }
+}
+
+export function createKubeSources(options: KubeSourceOptions): { pods: KubePodSource; namespaces: KubeNamespaceSource } {
+  return { pods: new KubePodSource(options), namespaces: new KubeNamespaceSource(options) };
+}

@@ -1,0 +1,896 @@
+/**
+ * A fake Kubernetes API server speaking the real wire protocol over HTTPS, enough for kubectl and
+ * @kubernetes/client-node: discovery, pods and namespaces (list, watch with resourceVersion and bookmarks,
+ * 410 Gone, field selectors), create/get/put/patch/delete. Test controls: fail the next list(s), close all
+ * watches, compact the history, request log with objects and bytes per client.
+ *
+ * In process:  const kube = await FakeKubeApiServer.start(); … await kube.close();
+ * Standalone:  node --import tsx test/fakes/kube-apiserver.ts --host 127.0.0.1 --port 0 --kubeconfig-out PATH
+ *              prints {"url":…,"kubeconfig":…,"token":…,"pid":…} on one line, exits 0 on SIGTERM/SIGINT.
+ *              Controls over HTTP (bearer token required): POST /_fake/close-watches, /_fake/compact,
+ *              /_fake/fail-next-list?status=500&times=1&resource=pods, /_fake/bookmarks; GET /_fake/stats.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { isIP } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { decodeKubeProtobuf } from './kube-protobuf.ts';
+
+const execFileAsync = promisify(execFile);
+
+export type Resource = 'pods' | 'namespaces';
+type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+export interface FakeKubeOptions {
+  host?: string;
+  port?: number;
+  /** Interval of BOOKMARK events on watches that asked for them; 0 disables. Default 5000 ms. */
+  bookmarkIntervalMs?: number;
+  /** Events kept for watch resumption before older ones are compacted away. Default 10000. */
+  historyLimit?: number;
+  /** Namespaces that exist from the start. Default ['default', 'kube-system']. */
+  namespaces?: string[];
+  /** Extra subjectAltName entries (e.g. 'IP:10.0.0.1', 'DNS:kube') for the certificate. */
+  altNames?: string[];
+}
+
+export interface RequestLogEntry {
+  time: number;
+  client: string;
+  method: string;
+  path: string;
+  query: string;
+  status: number;
+  watch: boolean;
+  /** Objects sent (list items, watch events incl. bookmarks, single objects). */
+  objects: number;
+  bytes: number;
+}
+
+export interface ClientStats {
+  requests: number;
+  lists: number;
+  watches: number;
+  objects: number;
+  bytes: number;
+}
+
+interface Event {
+  rv: number;
+  resource: Resource;
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  old?: Obj;
+  obj: Obj;
+}
+
+interface Watcher {
+  resource: Resource;
+  namespace?: string;
+  selector: Selector;
+  res: ServerResponse;
+  log: RequestLogEntry;
+  bookmarks: boolean;
+  timers: NodeJS.Timeout[];
+}
+
+type Requirement = { field: string; value: string; negate: boolean };
+type Selector = Requirement[];
+
+const FIELDS: Record<Resource, Record<string, (o: Obj) => string>> = {
+  pods: {
+    'metadata.name': (o) => o.metadata?.name ?? '',
+    'metadata.namespace': (o) => o.metadata?.namespace ?? '',
+    'spec.nodeName': (o) => o.spec?.nodeName ?? '',
+    'spec.serviceAccountName': (o) => o.spec?.serviceAccountName ?? '',
+    'spec.hostNetwork': (o) => String(o.spec?.hostNetwork === true),
+    'status.phase': (o) => o.status?.phase ?? '',
+    'status.podIP': (o) => o.status?.podIP ?? '',
+  },
+  namespaces: {
+    'metadata.name': (o) => o.metadata?.name ?? '',
+    'status.phase': (o) => o.status?.phase ?? '',
+  },
+};
+
+class HttpError extends Error {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Parse `a=b,c!=d,e==f` (values may escape `\,` `\=` `\\`). */
+export function parseFieldSelector(resource: Resource, text: string): Selector {
+  const out: Selector = [];
+  if (!text) return out;
+  const parts: string[] = [];
+  let cur = '';
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '\\' && i + 1 < text.length) {
+      cur += c + text[++i];
+    } else if (c === ',') {
+      parts.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  parts.push(cur);
+  for (const part of parts) {
+    const m = /^\s*([\w.]+)\s*(==|!=|=)\s*(.*?)\s*$/.exec(part);
+    if (!m) throw new HttpError(400, 'BadRequest', `invalid field selector: "${part}"`);
+    const field = m[1]!;
+    if (!FIELDS[resource][field]) throw new HttpError(400, 'BadRequest', `field label not supported: ${field}`);
+    out.push({ field, negate: m[2] === '!=', value: m[3]!.replace(/\\(.)/g, '$1') });
+  }
+  return out;
+}
+
+function matches(resource: Resource, selector: Selector, obj: Obj | undefined): boolean {
+  if (!obj) return false;
+  return selector.every((r) => (FIELDS[resource][r.field]!(obj) === r.value) !== r.negate);
+}
+
+function clone<T>(o: T): T {
+  return structuredClone(o);
+}
+
+function isObject(v: unknown): v is Obj {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** RFC 7386 JSON merge patch. */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return clone(patch);
+  const out: Obj = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+function status(code: number, reason: string, message: string, details?: Obj): Obj {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code, ...(details ? { details } : {}) };
+}
+
+const POD_RESOURCES = [
+  { name: 'pods', singularName: 'pod', namespaced: true, kind: 'Pod', verbs: ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch'], shortNames: ['po'] },
+  { name: 'pods/status', singularName: '', namespaced: true, kind: 'Pod', verbs: ['get', 'patch', 'update'] },
+  { name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', verbs: ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch'], shortNames: ['ns'] },
+];
+
+/**
+ * The least OpenAPI v3 document that tells kubectl the server validates fields itself (PATCH operations of
+ * Pod and Namespace take `fieldValidation`), so kubectl skips client-side schema validation.
+ */
+const OPENAPI_V3_CORE = {
+  openapi: '3.0.0',
+  info: { title: 'Kubernetes', version: 'v1.32.0-fake' },
+  paths: Object.fromEntries(
+    [
+      ['/api/v1/namespaces/{namespace}/pods/{name}', 'Pod'],
+      ['/api/v1/namespaces/{name}', 'Namespace'],
+    ].map(([p, kind]) => [
+      p,
+      {
+        patch: {
+          'x-kubernetes-group-version-kind': { group: '', version: 'v1', kind },
+          parameters: [{ name: 'fieldValidation', in: 'query', schema: { type: 'string', uniqueItems: true } }],
+          responses: { '200': { description: 'OK' } },
+        },
+      },
+    ]),
+  ),
+  components: { schemas: {} },
+};
+
+export class FakeKubeApiServer {
+  readonly url: string;
+  /** PEM of the self-signed serving certificate (also its own CA). */
+  readonly caPem: string;
+  /** Bearer token of the default client ('admin'). */
+  readonly token: string;
+  /** Every request, in order; watch entries grow as events stream. */
+  readonly requests: RequestLogEntry[] = [];
+
+  private readonly tokens = new Map<string, string>();
+  private readonly store: Record<Resource, Map<string, Obj>> = { pods: new Map(), namespaces: new Map() };
+  private history: Event[] = [];
+  private rv = 1;
+  /** Events with rv ≤ compactedRv are gone: resuming from before it gets 410. */
+  private compactedRv = 0;
+  private readonly watchers = new Set<Watcher>();
+  /** status 0: never answer (until close). */
+  private failLists: Array<{ status: number; resource?: Resource }> = [];
+  private readonly stalled = new Set<ServerResponse>();
+  private watchWaiters: Array<() => void> = [];
+  private readonly requestWaiters = new Set<() => void>();
+  private readonly bookmarkIntervalMs: number;
+  private readonly historyLimit: number;
+
+  private constructor(
+    private readonly server: https.Server,
+    url: string,
+    caPem: string,
+    options: FakeKubeOptions,
+  ) {
+    this.url = url;
+    this.caPem = caPem;
+    this.token = this.addClient('admin');
+    this.bookmarkIntervalMs = options.bookmarkIntervalMs ?? 5000;
+    this.historyLimit = options.historyLimit ?? 10_000;
+    for (const ns of options.namespaces ?? ['default', 'kube-system']) this.createNamespace(ns);
+  }
+
+  static async start(options: FakeKubeOptions = {}): Promise<FakeKubeApiServer> {
+    const host = options.host ?? '127.0.0.1';
+    const { key, cert } = await makeCertificate(host, options.altNames ?? []);
+    const server = https.createServer({ key, cert });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 0, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const port = (server.address() as AddressInfo).port;
+    const url = `https://${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+    const fake = new FakeKubeApiServer(server, url, cert, options);
+    server.on('request', (req, res) => fake.handle(req, res));
+    return fake;
+  }
+
+  // ---------- clients and kubeconfig ----------
+
+  /** Register a client; returns its bearer token. Stats are kept per client name. */
+  addClient(name: string): string {
+    const token = `${name}.${randomBytes(16).toString('hex')}`;
+    this.tokens.set(token, name);
+    return token;
+  }
+
+  /** A kubeconfig (YAML; CA embedded, bearer token) for kubectl and client-node. */
+  kubeconfig(token = this.token): string {
+    const ca = Buffer.from(this.caPem).toString('base64');
+    return [
+      'apiVersion: v1',
+      'kind: Config',
+      'clusters:',
+      '- name: fake',
+      '  cluster:',
+      `    server: ${this.url}`,
+      `    certificate-authority-data: ${ca}`,
+      'users:',
+      '- name: fake',
+      '  user:',
+      `    token: ${token}`,
+      'contexts:',
+      '- name: fake',
+      '  context:',
+      '    cluster: fake',
+      '    user: fake',
+      '    namespace: default',
+      'current-context: fake',
+      '',
+    ].join('\n');
+  }
+
+  async writeKubeconfig(path: string, token = this.token): Promise<void> {
+    await writeFile(path, this.kubeconfig(token), { mode: 0o600 });
+  }
+
+  // ---------- direct state access for tests ----------
+
+  get resourceVersion(): number {
+    return this.rv;
+  }
+
+  /** Open watch streams. */
+  get watchCount(): number {
+    return this.watchers.size;
+  }
+
+  createNamespace(name: string, annotations?: Record<string, string>): Obj {
+    return this.create('namespaces', undefined, { metadata: { name, ...(annotations ? { annotations } : {}) } });
+  }
+
+  /** Create a pod: the body is a V1Pod (status.podIP/phase honoured); namespace defaults to metadata.namespace. */
+  createPod(pod: Obj): Obj {
+    const ns = pod.metadata?.namespace ?? 'default';
+    if (!this.store.namespaces.has(ns)) throw new Error(`namespace ${ns} does not exist`);
+    return this.create('pods', ns, pod);
+  }
+
+  patchPod(namespace: string, name: string, patch: Obj): Obj {
+    return this.update('pods', namespace, name, (cur) => mergePatch(cur, patch) as Obj);
+  }
+
+  patchNamespace(name: string, patch: Obj): Obj {
+    return this.update('namespaces', undefined, name, (cur) => mergePatch(cur, patch) as Obj);
+  }
+
+  /** Mark a pod as terminating (deletionTimestamp set), as the API does on a graceful delete. */
+  markDeleting(namespace: string, name: string): Obj {
+    return this.patchPod(namespace, name, { metadata: { deletionTimestamp: new Date().toISOString(), deletionGracePeriodSeconds: 30 } });
+  }
+
+  deletePod(namespace: string, name: string): Obj {
+    return this.remove('pods', namespace, name);
+  }
+
+  deleteNamespace(name: string): Obj {
+    return this.remove('namespaces', undefined, name);
+  }
+
+  getPod(namespace: string, name: string): Obj | undefined {
+    const o = this.store.pods.get(`${namespace}/${name}`);
+    return o ? clone(o) : undefined;
+  }
+
+  listPods(): Obj[] {
+    return [...this.store.pods.values()].map(clone);
+  }
+
+  // ---------- test controls ----------
+
+  /** The next `times` list requests (of `resource`, or any) answer HTTP `status` (default 500). */
+  failNextList(options: { status?: number; times?: number; resource?: Resource } = {}): void {
+    for (let i = 0; i < (options.times ?? 1); i++) {
+      const entry: { status: number; resource?: Resource } = { status: options.status ?? 500 };
+      if (options.resource) entry.resource = options.resource;
+      this.failLists.push(entry);
+    }
+  }
+
+  /** The next `times` list requests (of `resource`, or any) get no answer at all (until close()). */
+  stallNextList(options: { times?: number; resource?: Resource } = {}): void {
+    this.failNextList({ ...options, status: 0 });
+  }
+
+  /** Resolves with the first logged request (past or future) that satisfies pred, once it has been handled. */
+  waitForRequest(pred: (r: RequestLogEntry) => boolean, timeoutMs = 5000): Promise<RequestLogEntry> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const hit = this.requests.find((r) => r.status !== 0 && pred(r));
+        if (!hit) return;
+        this.requestWaiters.delete(check);
+        clearTimeout(timer);
+        resolve(hit);
+      };
+      const timer = setTimeout(() => {
+        this.requestWaiters.delete(check);
+        reject(new Error('timed out waiting for a request'));
+      }, timeoutMs);
+      this.requestWaiters.add(check);
+      check();
+    });
+  }
+
+  /** Resolves once exactly n watch streams are open (rejects after timeoutMs). */
+  waitForWatches(n: number, timeoutMs = 5000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.watchWaiters = this.watchWaiters.filter((w) => w !== check);
+        reject(new Error(`timed out waiting for ${n} watches (have ${this.watchers.size})`));
+      }, timeoutMs);
+      const check = () => {
+        if (this.watchers.size !== n) return;
+        clearTimeout(timer);
+        this.watchWaiters = this.watchWaiters.filter((w) => w !== check);
+        resolve();
+      };
+      this.watchWaiters.push(check);
+      check();
+    });
+  }
+
+  /** End every open watch stream (clients resume from their last resourceVersion). Returns how many. */
+  closeWatches(): number {
+    const n = this.watchers.size;
+    for (const w of [...this.watchers]) this.endWatch(w);
+    return n;
+  }
+
+  /** Forget all history: a watch resuming from any resourceVersion before now gets 410 Gone. */
+  compact(): void {
+    this.compactedRv = this.rv;
+    this.history = [];
+  }
+
+  /** Send a BOOKMARK now on every watch that allows them. */
+  sendBookmarks(): void {
+    for (const w of this.watchers) if (w.bookmarks) this.bookmark(w);
+  }
+
+  /** Objects, bytes and requests per client name. */
+  stats(): Record<string, ClientStats> {
+    const out: Record<string, ClientStats> = {};
+    for (const r of this.requests) {
+      const s = (out[r.client] ??= { requests: 0, lists: 0, watches: 0, objects: 0, bytes: 0 });
+      s.requests++;
+      if (r.watch) s.watches++;
+      else if (r.method === 'GET' && r.status === 200 && /\/(pods|namespaces)$/.test(r.path)) s.lists++;
+      s.objects += r.objects;
+      s.bytes += r.bytes;
+    }
+    return out;
+  }
+
+  clearLog(): void {
+    this.requests.length = 0;
+  }
+
+  async close(): Promise<void> {
+    this.closeWatches();
+    for (const res of this.stalled) res.destroy();
+    this.stalled.clear();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  // ---------- store ----------
+
+  private key(namespace: string | undefined, name: string): string {
+    return namespace === undefined ? name : `${namespace}/${name}`;
+  }
+
+  private nextRv(): string {
+    return String(++this.rv);
+  }
+
+  private record(resource: Resource, type: Event['type'], obj: Obj, old?: Obj): void {
+    const ev: Event = { rv: Number(obj.metadata.resourceVersion), resource, type, obj, ...(old ? { old } : {}) };
+    this.history.push(ev);
+    if (this.history.length > this.historyLimit) {
+      const dropped = this.history.splice(0, this.history.length - this.historyLimit);
+      this.compactedRv = dropped[dropped.length - 1]!.rv;
+    }
+    for (const w of this.watchers) this.dispatch(w, ev);
+  }
+
+  private create(resource: Resource, namespace: string | undefined, body: Obj): Obj {
+    if (!isObject(body)) throw new HttpError(400, 'BadRequest', 'body must be a JSON object');
+    const obj = clone(body);
+    obj.metadata = isObject(obj.metadata) ? obj.metadata : {};
+    if (!obj.metadata.name && obj.metadata.generateName) obj.metadata.name = `${obj.metadata.generateName}${randomBytes(3).toString('hex').slice(0, 5)}`;
+    const name = obj.metadata.name;
+    if (typeof name !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) || name.length > 253) {
+      throw new HttpError(422, 'Invalid', `${resource} "${name ?? ''}" is invalid: metadata.name: Invalid value`);
+    }
+    if (resource === 'pods') {
+      if (namespace === undefined) throw new HttpError(400, 'BadRequest', 'pods are namespaced');
+      if (obj.metadata.namespace && obj.metadata.namespace !== namespace) {
+        throw new HttpError(400, 'BadRequest', 'the namespace of the provided object does not match the namespace sent on the request');
+      }
+      if (!this.store.namespaces.has(namespace)) throw new HttpError(404, 'NotFound', `namespaces "${namespace}" not found`);
+      obj.metadata.namespace = namespace;
+      obj.kind = 'Pod';
+      obj.spec = isObject(obj.spec) ? obj.spec : {};
+      obj.spec.serviceAccountName ??= obj.spec.serviceAccount ?? 'default';
+      obj.status = isObject(obj.status) ? obj.status : {};
+      obj.status.phase ??= 'Pending';
+    } else {
+      delete obj.metadata.namespace;
+      obj.kind = 'Namespace';
+      obj.spec ??= { finalizers: ['kubernetes'] };
+      obj.status = { phase: 'Active' };
+    }
+    obj.apiVersion = 'v1';
+    const k = this.key(namespace, name);
+    if (this.store[resource].has(k)) throw new HttpError(409, 'AlreadyExists', `${resource} "${name}" already exists`);
+    obj.metadata.uid = randomUUID();
+    obj.metadata.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    obj.metadata.resourceVersion = this.nextRv();
+    delete obj.metadata.deletionTimestamp;
+    this.store[resource].set(k, obj);
+    this.record(resource, 'ADDED', obj);
+    return clone(obj);
+  }
+
+  private update(resource: Resource, namespace: string | undefined, name: string, change: (cur: Obj) => Obj, expectRv?: string): Obj {
+    const k = this.key(namespace, name);
+    const cur = this.store[resource].get(k);
+    if (!cur) throw new HttpError(404, 'NotFound', `${resource} "${name}" not found`);
+    if (expectRv && expectRv !== cur.metadata.resourceVersion) {
+      throw new HttpError(409, 'Conflict', `Operation cannot be fulfilled on ${resource} "${name}": the object has been modified; please apply your changes to the latest version and try again`);
+    }
+    const next = change(clone(cur));
+    if (!isObject(next)) throw new HttpError(400, 'BadRequest', 'patched object is not a JSON object');
+    next.metadata = isObject(next.metadata) ? next.metadata : {};
+    // Immutable identity.
+    next.metadata.name = cur.metadata.name;
+    next.metadata.uid = cur.metadata.uid;
+    next.metadata.creationTimestamp = cur.metadata.creationTimestamp;
+    if (namespace !== undefined) next.metadata.namespace = namespace;
+    next.kind = cur.kind;
+    next.apiVersion = 'v1';
+    next.metadata.resourceVersion = this.nextRv();
+    this.store[resource].set(k, next);
+    this.record(resource, 'MODIFIED', next, cur);
+    return clone(next);
+  }
+
+  private remove(resource: Resource, namespace: string | undefined, name: string): Obj {
+    const k = this.key(namespace, name);
+    const cur = this.store[resource].get(k);
+    if (!cur) throw new HttpError(404, 'NotFound', `${resource} "${name}" not found`);
+    if (resource === 'namespaces') {
+      for (const pod of [...this.store.pods.values()]) if (pod.metadata.namespace === name) this.remove('pods', name, pod.metadata.name);
+    }
+    this.store[resource].delete(k);
+    const gone = clone(cur);
+    gone.metadata.resourceVersion = this.nextRv();
+    this.record(resource, 'DELETED', gone);
+    return clone(gone);
+  }
+
+  // ---------- HTTP ----------
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'https://fake');
+    const auth = req.headers.authorization ?? '';
+    const client = auth.startsWith('Bearer ') ? this.tokens.get(auth.slice(7)) : undefined;
+    const log: RequestLogEntry = {
+      time: Date.now(),
+      client: client ?? 'anonymous',
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      query: url.search,
+      status: 0,
+      watch: false,
+      objects: 0,
+      bytes: 0,
+    };
+    this.requests.push(log);
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('error', () => res.destroy());
+    req.on('end', () => {
+      try {
+        if (!client) throw new HttpError(401, 'Unauthorized', 'Unauthorized');
+        this.route(req, res, url, Buffer.concat(chunks), log);
+      } catch (err) {
+        if (err instanceof HttpError) this.send(res, log, err.code, status(err.code, err.reason, err.message));
+        else this.send(res, log, 500, status(500, 'InternalError', err instanceof Error ? err.message : String(err)));
+      }
+      for (const check of [...this.requestWaiters]) check();
+    });
+  }
+
+  private send(res: ServerResponse, log: RequestLogEntry, code: number, body: unknown, objects = 0): void {
+    const text = JSON.stringify(body);
+    log.status = code;
+    log.objects += objects;
+    log.bytes += Buffer.byteLength(text);
+    res.writeHead(code, { 'Content-Type': 'application/json', 'Cache-Control': 'no-cache, private' });
+    res.end(text);
+  }
+
+  private route(req: IncomingMessage, res: ServerResponse, url: URL, rawBody: Buffer, log: RequestLogEntry): void {
+    const method = req.method ?? 'GET';
+    const path = url.pathname.replace(/\/+$/, '') || '/';
+    const q = url.searchParams;
+    const contentType = (req.headers['content-type'] ?? '').split(';')[0]!.trim();
+    const body = () => parseBody(rawBody, contentType);
+
+    if (path.startsWith('/_fake/')) return this.control(res, log, method, path, q);
+    if (method === 'GET') {
+      if (path === '/version') {
+        return this.send(res, log, 200, { major: '1', minor: '32', gitVersion: 'v1.32.0-fake', gitCommit: 'fake', gitTreeState: 'clean', buildDate: '2026-01-01T00:00:00Z', goVersion: 'go1.23', compiler: 'gc', platform: 'linux/amd64' });
+      }
+      if (path === '/healthz' || path === '/readyz' || path === '/livez') {
+        log.status = 200;
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.end('ok');
+        return;
+      }
+      if (path === '/api') {
+        const [host, port] = [req.socket.localAddress ?? '127.0.0.1', req.socket.localPort ?? 0];
+        return this.send(res, log, 200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: `${host}:${port}` }] });
+      }
+      if (path === '/openapi/v3') return this.send(res, log, 200, { paths: { 'api/v1': { serverRelativeURL: '/openapi/v3/api/v1?hash=FAKE' } } });
+      if (path === '/openapi/v3/api/v1') return this.send(res, log, 200, OPENAPI_V3_CORE);
+      if (path === '/apis') return this.send(res, log, 200, { kind: 'APIGroupList', apiVersion: 'v1', groups: [] });
+      if (path === '/api/v1') return this.send(res, log, 200, { kind: 'APIResourceList', groupVersion: 'v1', resources: POD_RESOURCES });
+    }
+
+    const m = /^\/api\/v1\/(?:namespaces\/([^/]+)\/)?(pods|namespaces)(?:\/([^/]+))?(?:\/(status))?$/.exec(path);
+    if (!m) throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
+    const [, nsPart, resource, name, sub] = m as unknown as [string, string | undefined, Resource, string | undefined, string | undefined];
+    let namespace = nsPart === undefined ? undefined : decodeURIComponent(nsPart);
+    let objName = name === undefined ? undefined : decodeURIComponent(name);
+    // /api/v1/namespaces/NAME is the namespace NAME itself.
+    if (resource === 'namespaces' && namespace !== undefined) throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
+    if (resource === 'pods' && objName !== undefined && namespace === undefined) throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
+    if (sub && resource !== 'pods') throw new HttpError(404, 'NotFound', 'the server could not find the requested resource');
+    if (resource === 'namespaces') namespace = undefined;
+
+    if (objName === undefined) {
+      if (method === 'GET') {
+        const selector = parseFieldSelector(resource, q.get('fieldSelector') ?? '');
+        if (q.get('watch') === '1' || q.get('watch') === 'true') return this.watch(res, log, resource, namespace, selector, q);
+        return this.list(res, log, resource, namespace, selector, wantsTable(req));
+      }
+      if (method === 'POST') {
+        const obj = this.create(resource, namespace, body());
+        return this.send(res, log, 201, obj, 1);
+      }
+      throw new HttpError(405, 'MethodNotAllowed', `method ${method} not allowed`);
+    }
+
+    const k = this.key(namespace, objName);
+    switch (method) {
+      case 'GET': {
+        const obj = this.store[resource].get(k);
+        if (!obj) throw new HttpError(404, 'NotFound', `${resource} "${objName}" not found`);
+        return this.send(res, log, 200, wantsTable(req) ? toTable(resource, [obj], obj.metadata.resourceVersion) : obj, 1);
+      }
+      case 'PUT': {
+        const next = body();
+        const obj = this.update(resource, namespace, objName, (cur) => (sub ? { ...cur, status: next.status } : next), next.metadata?.resourceVersion);
+        return this.send(res, log, 200, obj, 1);
+      }
+      case 'PATCH': {
+        if (contentType !== 'application/merge-patch+json' && contentType !== 'application/strategic-merge-patch+json' && contentType !== 'application/json') {
+          throw new HttpError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json`);
+        }
+        const patch = body();
+        const obj = this.update(resource, namespace, objName, (cur) => mergePatch(cur, sub ? { status: patch.status } : patch) as Obj);
+        return this.send(res, log, 200, obj, 1);
+      }
+      case 'DELETE': {
+        const obj = this.remove(resource, namespace, objName);
+        return this.send(res, log, 200, obj, 1);
+      }
+      default:
+        throw new HttpError(405, 'MethodNotAllowed', `method ${method} not allowed`);
+    }
+  }
+
+  private list(res: ServerResponse, log: RequestLogEntry, resource: Resource, namespace: string | undefined, selector: Selector, table = false): void {
+    const fail = this.failLists.findIndex((f) => !f.resource || f.resource === resource);
+    if (fail >= 0) {
+      const [f] = this.failLists.splice(fail, 1);
+      if (f!.status === 0) {
+        log.status = -1;
+        this.stalled.add(res);
+        res.on('close', () => this.stalled.delete(res));
+        return;
+      }
+      throw new HttpError(f!.status, 'InternalError', 'injected failure');
+    }
+    const items = [...this.store[resource].values()].filter(
+      (o) => (namespace === undefined || o.metadata.namespace === namespace) && matches(resource, selector, o),
+    );
+    if (table) return this.send(res, log, 200, toTable(resource, items, String(this.rv)), items.length);
+    const kind = resource === 'pods' ? 'PodList' : 'NamespaceList';
+    this.send(res, log, 200, { kind, apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items }, items.length);
+  }
+
+  private watch(res: ServerResponse, log: RequestLogEntry, resource: Resource, namespace: string | undefined, selector: Selector, q: URLSearchParams): void {
+    log.watch = true;
+    log.status = 200;
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked', 'Cache-Control': 'no-cache, private' });
+    res.flushHeaders();
+    const w: Watcher = { resource, selector, res, log, bookmarks: q.get('allowWatchBookmarks') === 'true', timers: [] };
+    if (namespace !== undefined) w.namespace = namespace;
+    const rvParam = q.get('resourceVersion') ?? '';
+    const from = rvParam === '' || rvParam === '0' ? undefined : Number(rvParam);
+    if (from !== undefined && (!Number.isFinite(from) || from < this.compactedRv)) {
+      this.write(w, {
+        type: 'ERROR',
+        object: status(410, 'Expired', `too old resource version: ${rvParam} (${this.compactedRv + 1})`),
+      });
+      res.end();
+      return;
+    }
+    this.watchers.add(w);
+    this.watchesChanged();
+    res.on('close', () => this.endWatch(w));
+    if (from === undefined) {
+      // "Any" resource version: the current state as ADDED events, then changes.
+      for (const o of this.store[resource].values()) if (this.visible(w, o)) this.write(w, { type: 'ADDED', object: o });
+    } else {
+      for (const ev of this.history) if (ev.rv > from) this.dispatch(w, ev);
+    }
+    const timeout = Number(q.get('timeoutSeconds') ?? '');
+    if (timeout > 0) w.timers.push(setTimeout(() => this.endWatch(w), timeout * 1000));
+    if (w.bookmarks && this.bookmarkIntervalMs > 0) w.timers.push(setInterval(() => this.bookmark(w), this.bookmarkIntervalMs));
+  }
+
+  private visible(w: Watcher, o: Obj | undefined): boolean {
+    return !!o && (w.namespace === undefined || o.metadata?.namespace === w.namespace) && matches(w.resource, w.selector, o);
+  }
+
+  private dispatch(w: Watcher, ev: Event): void {
+    if (ev.resource !== w.resource) return;
+    const was = this.visible(w, ev.old);
+    const is = this.visible(w, ev.obj);
+    if (ev.type === 'DELETED') {
+      if (is) this.write(w, { type: 'DELETED', object: ev.obj });
+    } else if (ev.type === 'ADDED') {
+      if (is) this.write(w, { type: 'ADDED', object: ev.obj });
+    } else if (was && is) this.write(w, { type: 'MODIFIED', object: ev.obj });
+    else if (is) this.write(w, { type: 'ADDED', object: ev.obj });
+    else if (was) this.write(w, { type: 'DELETED', object: ev.obj });
+  }
+
+  private bookmark(w: Watcher): void {
+    const kind = w.resource === 'pods' ? 'Pod' : 'Namespace';
+    this.write(w, { type: 'BOOKMARK', object: { kind, apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) } } });
+  }
+
+  private write(w: Watcher, event: Obj): void {
+    const line = `${JSON.stringify(event)}\n`;
+    w.log.objects++;
+    w.log.bytes += Buffer.byteLength(line);
+    w.res.write(line);
+  }
+
+  private endWatch(w: Watcher): void {
+    if (!this.watchers.delete(w)) return;
+    for (const t of w.timers) clearTimeout(t);
+    w.res.end();
+    this.watchesChanged();
+  }
+
+  private watchesChanged(): void {
+    for (const check of [...this.watchWaiters]) check();
+  }
+
+  private control(res: ServerResponse, log: RequestLogEntry, method: string, path: string, q: URLSearchParams): void {
+    if (method === 'GET' && path === '/_fake/stats') return this.send(res, log, 200, { stats: this.stats(), watches: this.watchCount, resourceVersion: this.rv });
+    if (method !== 'POST') throw new HttpError(405, 'MethodNotAllowed', 'POST only');
+    switch (path) {
+      case '/_fake/close-watches':
+        return this.send(res, log, 200, { closed: this.closeWatches() });
+      case '/_fake/compact':
+        this.compact();
+        return this.send(res, log, 200, { compactedRv: this.compactedRv });
+      case '/_fake/bookmarks':
+        this.sendBookmarks();
+        return this.send(res, log, 200, { ok: true });
+      case '/_fake/fail-next-list': {
+        const resource = q.get('resource');
+        if (resource !== null && resource !== 'pods' && resource !== 'namespaces') throw new HttpError(400, 'BadRequest', 'resource must be pods or namespaces');
+        this.failNextList({
+          status: Number(q.get('status') ?? 500),
+          times: Number(q.get('times') ?? 1),
+          ...(resource ? { resource } : {}),
+        });
+        return this.send(res, log, 200, { ok: true });
+      }
+      default:
+        throw new HttpError(404, 'NotFound', `no control ${path}`);
+    }
+  }
+}
+
+function wantsTable(req: IncomingMessage): boolean {
+  return /as=Table/.test(req.headers.accept ?? '');
+}
+
+function age(created: string | undefined): string {
+  const s = Math.max(0, Math.floor((Date.now() - Date.parse(created ?? '')) / 1000)) || 0;
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  return `${Math.floor(s / 3600)}h`;
+}
+
+/** The server-side printing kubectl asks for (`kubectl get` columns). */
+function toTable(resource: Resource, items: Obj[], resourceVersion: string): Obj {
+  const col = (name: string, priority = 0, format = '') => ({ name, type: 'string', format, description: name, priority });
+  const columnDefinitions =
+    resource === 'pods'
+      ? [col('Name', 0, 'name'), col('Status'), col('IP', 1), col('Node', 1), col('Role', 1), col('Age')]
+      : [col('Name', 0, 'name'), col('Status'), col('Permitted', 1), col('Age')];
+  const rows = items.map((o) => ({
+    cells:
+      resource === 'pods'
+        ? [
+            o.metadata.name,
+            o.metadata.deletionTimestamp ? 'Terminating' : (o.status?.phase ?? ''),
+            o.status?.podIP ?? '<none>',
+            o.spec?.nodeName ?? '<none>',
+            o.metadata.annotations?.['iam.amazonaws.com/role'] ?? '<none>',
+            age(o.metadata.creationTimestamp),
+          ]
+        : [o.metadata.name, o.status?.phase ?? 'Active', o.metadata.annotations?.['iam.amazonaws.com/permitted'] ?? '<none>', age(o.metadata.creationTimestamp)],
+    object: { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
+  }));
+  return { kind: 'Table', apiVersion: 'meta.k8s.io/v1', metadata: { resourceVersion }, columnDefinitions, rows };
+}
+
+function parseBody(body: Buffer, contentType: string): Obj {
+  if (contentType === 'application/vnd.kubernetes.protobuf') {
+    try {
+      return decodeKubeProtobuf(body);
+    } catch (err) {
+      throw new HttpError(415, 'UnsupportedMediaType', `protobuf body: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  try {
+    const parsed: unknown = JSON.parse(body.toString('utf8'));
+    if (!isObject(parsed)) throw new Error('not an object');
+    return parsed;
+  } catch (err) {
+    throw new HttpError(400, 'BadRequest', `invalid JSON body: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** A self-signed P-256 certificate for host (+ localhost, 127.0.0.1, ::1 and extra alt names). */
+async function makeCertificate(host: string, extra: string[]): Promise<{ key: string; cert: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'fake-kube-'));
+  try {
+    const sans = new Set(['DNS:localhost', 'IP:127.0.0.1', 'IP:::1', ...extra]);
+    if (isIP(host)) sans.add(`IP:${host}`);
+    else if (host) sans.add(`DNS:${host}`);
+    const keyPath = join(dir, 'key.pem');
+    const certPath = join(dir, 'cert.pem');
+    await execFileAsync('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+      '-subj', '/CN=fake-kube', '-addext', `subjectAltName=${[...sans].join(',')}`,
+      '-keyout', keyPath, '-out', certPath,
+    ]);
+    const [key, cert] = await Promise.all([readFile(keyPath, 'utf8'), readFile(certPath, 'utf8')]);
+    return { key, cert };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------- standalone ----------
+
+async function main(argv: string[]): Promise<void> {
+  const args = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
+    const [k, inline] = a.slice(2).split('=', 2) as [string, string | undefined];
+    const v = inline ?? argv[++i];
+    if (v === undefined) throw new Error(`--${k} needs a value`);
+    args.set(k, v);
+  }
+  for (const k of args.keys()) {
+    if (!['host', 'port', 'kubeconfig-out', 'bookmark-interval-ms', 'alt-names'].includes(k)) throw new Error(`unknown flag --${k}`);
+  }
+  const port = Number(args.get('port') ?? 0);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port: invalid port ${args.get('port')}`);
+  const options: FakeKubeOptions = { host: args.get('host') ?? '127.0.0.1', port };
+  if (args.has('bookmark-interval-ms')) options.bookmarkIntervalMs = Number(args.get('bookmark-interval-ms'));
+  if (args.has('alt-names')) options.altNames = args.get('alt-names')!.split(',').filter(Boolean);
+  const fake = await FakeKubeApiServer.start(options);
+  const kubeconfig = args.get('kubeconfig-out');
+  if (kubeconfig) await fake.writeKubeconfig(kubeconfig);
+  process.stdout.write(`${JSON.stringify({ url: fake.url, kubeconfig: kubeconfig ?? null, token: fake.token, pid: process.pid })}\n`);
+  let closing = false;
+  const shutdown = () => {
+    if (closing) return;
+    closing = true;
+    fake.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`fake-kube-apiserver: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(2);
+  });
+}

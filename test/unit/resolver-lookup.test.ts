@@ -1,0 +1,287 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import { pino } from 'pino';
+import type { Counter } from 'prom-client';
+import { createMetrics, type Metrics } from '../../src/metrics.ts';
+import { Resolver, type NamespaceSource, type PodSource, type SourceEvents } from '../../src/resolver/lookup.ts';
+import type { PodInfo } from '../../src/resolver/pod-index.ts';
+import { Policy } from '../../src/resolver/policy.ts';
+import type { Lookup, NamespaceInfo } from '../../src/resolver/types.ts';
+import type { IdentityLookup } from '../../src/server/ports.ts';
+import { FakeClock, settle } from '../fakes/clock.ts';
+
+class FakePods implements PodSource {
+  events: SourceEvents<PodInfo> | undefined;
+  stopped = false;
+  liveCalls: Array<{ ip: string; timeoutMs: number }> = [];
+  /** What the next live GETs answer (or throw). */
+  live: (ip: string) => Promise<PodInfo[]> = async () => [];
+  start(events: SourceEvents<PodInfo>): void {
+    this.events = events;
+  }
+  async stop(): Promise<void> {
+    this.stopped = true;
+  }
+  listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]> {
+    this.liveCalls.push({ ip, timeoutMs });
+    return this.live(ip);
+  }
+}
+
+class FakeNamespaces implements NamespaceSource {
+  events: SourceEvents<NamespaceInfo> | undefined;
+  start(events: SourceEvents<NamespaceInfo>): void {
+    this.events = events;
+  }
+  async stop(): Promise<void> {}
+}
+
+const BASE = 'arn:aws:iam::123456789012:role/';
+const PERMIT_ALL = { 'iam.amazonaws.com/permitted': '.*' };
+
+let n = 0;
+function pod(overrides: Partial<PodInfo> = {}): PodInfo {
+  n++;
+  return { uid: `uid-${n}`, name: `pod-${n}`, namespace: 'dev', ip: `10.1.0.${n}`, serviceAccount: 'sa', phase: 'Running', hostNetwork: false, deleting: false, ...overrides };
+}
+
+async function value(counter: Counter<string>, labels: Record<string, string> = {}): Promise<number> {
+  const { values } = await counter.get();
+  return values.filter((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val)).reduce((s, v) => s + v.value, 0);
+}
+
+describe('Resolver', () => {
+  let clock: FakeClock;
+  let pods: FakePods;
+  let namespaces: FakeNamespaces;
+  let metrics: Metrics;
+  let logs: Array<Record<string, unknown>>;
+  let resolver: Resolver;
+
+  beforeEach(() => {
+    clock = new FakeClock();
+    pods = new FakePods();
+    namespaces = new FakeNamespaces();
+    metrics = createMetrics();
+    logs = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
+    resolver = new Resolver({
+      pods,
+      namespaces,
+      policy: new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a' }),
+      clock,
+      metrics,
+      logger,
+    });
+    resolver.start();
+    namespaces.events!.upsert({ name: 'dev', annotations: PERMIT_ALL });
+  });
+
+  afterEach(async () => {
+    await resolver.stop();
+    assert.equal(clock.timers, 0, 'no timer left behind');
+  });
+
+  it('structurally implements the server port IdentityLookup', () => {
+    const port: IdentityLookup = resolver;
+    assert.equal(typeof port.lookup, 'function');
+  });
+
+  it('is ready once both watches have synced', async () => {
+    assert.equal(resolver.ready(), false);
+    const ready = resolver.whenReady();
+    pods.events!.synced();
+    assert.equal(resolver.ready(), false);
+    namespaces.events!.synced();
+    assert.equal(resolver.ready(), true);
+    await ready;
+    await resolver.whenReady();
+  });
+
+  it('whenReady rejects when its signal aborts', async () => {
+    const ac = new AbortController();
+    const waiting = resolver.whenReady(ac.signal);
+    ac.abort(new Error('gave up'));
+    await assert.rejects(waiting, /gave up/);
+  });
+
+  it('answers a known IP from the index at once, and peekUid', async () => {
+    const p = pod({ role: 'reader' });
+    pods.events!.upsert(p);
+    const l = await resolver.lookup(p.ip);
+    assert.equal(l.kind, 'role');
+    assert.equal((l as Extract<Lookup, { kind: 'role' }>).identity.roleArn, `${BASE}reader`);
+    assert.deepEqual((l as Extract<Lookup, { kind: 'role' }>).pod, { uid: p.uid, namespace: 'dev', name: p.name, ip: p.ip });
+    assert.equal(resolver.peekUid(p.ip), p.uid);
+    assert.equal(resolver.peekUid('10.9.9.9'), undefined);
+    assert.equal(resolver.peekUid(`::ffff:${p.ip}`), p.uid, 'IPv4-mapped IPv6 peer address');
+    assert.equal((await resolver.lookup(`::ffff:${p.ip}`)).kind, 'role');
+    assert.equal(resolver.podsIndexed, 1);
+    assert.equal((await metrics.podsIndexed.get()).values[0]?.value, 1);
+    assert.equal(pods.liveCalls.length, 0);
+  });
+
+  it('an unknown IP waits for the watch and is answered when the pod arrives', async () => {
+    const p = pod({ role: 'reader' });
+    const answer = resolver.lookup(p.ip);
+    await clock.advance(300);
+    pods.events!.upsert(p);
+    const l = await answer;
+    assert.equal(l.kind, 'role');
+    assert.equal(pods.liveCalls.length, 0, 'no live GET needed');
+  });
+
+  it('after the wait, one live GET finds the pod', async () => {
+    const p = pod({ role: 'reader' });
+    pods.live = async () => [p];
+    const answer = resolver.lookup(p.ip);
+    await clock.advance(799);
+    assert.equal(pods.liveCalls.length, 0, 'still waiting for the watch');
+    await clock.advance(1);
+    const l = await answer;
+    assert.equal(l.kind, 'role');
+    assert.deepEqual(pods.liveCalls, [{ ip: p.ip, timeoutMs: 150 }]);
+    assert.equal(await value(metrics.liveLookups, { result: 'found' }), 1);
+    assert.ok(logs.some((e) => e.msg === 'pod found by live look-up before the watch reported it'));
+  });
+
+  it('concurrent requests from one unknown IP share one wait and one live GET', async () => {
+    pods.live = async () => [];
+    const answers = Promise.all([resolver.lookup('10.2.0.1'), resolver.lookup('10.2.0.1'), resolver.lookup('10.2.0.1')]);
+    await clock.advance(800);
+    assert.deepEqual(await answers, [{ kind: 'unknown' }, { kind: 'unknown' }, { kind: 'unknown' }]);
+    assert.equal(pods.liveCalls.length, 1);
+    assert.equal(await value(metrics.unknownIps), 3);
+    assert.equal(await value(metrics.liveLookups, { result: 'not-found' }), 1);
+  });
+
+  it('the live GET applies the liveness rules: a finished pod there is unknown', async () => {
+    pods.live = async (ip) => [pod({ ip, phase: 'Succeeded', role: 'reader' })];
+    const answer = resolver.lookup('10.2.0.2');
+    await clock.advance(800);
+    assert.deepEqual(await answer, { kind: 'unknown' });
+  });
+
+  it('a failing live GET answers unknown and is counted', async () => {
+    pods.live = async () => {
+      throw new Error('connection refused');
+    };
+    const answer = resolver.lookup('10.2.0.3');
+    await clock.advance(800);
+    assert.deepEqual(await answer, { kind: 'unknown' });
+    assert.equal(await value(metrics.liveLookups, { result: 'error' }), 1);
+    assert.equal(await value(metrics.unknownIps), 1);
+  });
+
+  it('two live pods on one IP: ambiguous from the index and from the live GET, counted', async () => {
+    pods.events!.upsert(pod({ ip: '10.3.0.1', role: 'a' }));
+    pods.events!.upsert(pod({ ip: '10.3.0.1', role: 'b' }));
+    assert.deepEqual(await resolver.lookup('10.3.0.1'), { kind: 'ambiguous' });
+    assert.equal(resolver.peekUid('10.3.0.1'), undefined);
+
+    pods.live = async (ip) => [pod({ ip }), pod({ ip })];
+    const answer = resolver.lookup('10.3.0.2');
+    await clock.advance(800);
+    assert.deepEqual(await answer, { kind: 'ambiguous' });
+    assert.equal(await value(metrics.ambiguousIps), 2);
+  });
+
+  it('IP reuse: a new pod on an IP whose old pod finished gets its own role', async () => {
+    const old = pod({ ip: '10.4.0.1', role: 'old-role' });
+    pods.events!.upsert(old);
+    pods.events!.upsert({ ...old, phase: 'Succeeded' });
+    pods.events!.upsert(pod({ ip: '10.4.0.1', role: 'new-role' }));
+    const l = await resolver.lookup('10.4.0.1');
+    assert.equal((l as Extract<Lookup, { kind: 'role' }>).identity.roleName, 'new-role');
+  });
+
+  it('a pod recreated under the same name (new uid, seen in a relist) replaces the old one', async () => {
+    const old = pod({ ip: '10.4.0.2', role: 'r' });
+    pods.events!.upsert(old);
+    pods.events!.upsert({ ...old, uid: 'uid-new', ip: '10.4.0.3' });
+    assert.equal(resolver.peekUid('10.4.0.2'), undefined);
+    assert.equal(resolver.peekUid('10.4.0.3'), 'uid-new');
+    assert.equal(resolver.podsIndexed, 1);
+  });
+
+  it('denials are counted by fixed code and logged once per pod with pod, namespace, role and reason', async () => {
+    namespaces.events!.upsert({ name: 'locked', annotations: { 'iam.amazonaws.com/permitted': '.*/allowed' } });
+    const p = pod({ namespace: 'locked', role: 'admin' });
+    pods.events!.upsert(p);
+    for (let i = 0; i < 3; i++) {
+      const l = await resolver.lookup(p.ip);
+      assert.equal(l.kind, 'denied');
+    }
+    assert.equal(await value(metrics.denials, { reason: 'not-permitted' }), 3);
+    const warns = logs.filter((e) => e.msg === 'credentials denied' && e.level === 40);
+    assert.equal(warns.length, 1);
+    assert.equal(warns[0]!.pod, p.name);
+    assert.equal(warns[0]!.namespace, 'locked');
+    assert.equal(warns[0]!.role, `${BASE}admin`);
+    assert.match(String(warns[0]!.reason), /does not match/);
+  });
+
+  it('no-role for an unannotated pod is not a denial', async () => {
+    const p = pod();
+    pods.events!.upsert(p);
+    assert.equal((await resolver.lookup(p.ip)).kind, 'no-role');
+    assert.equal(await value(metrics.denials), 0);
+  });
+
+  it('identity events: add, annotation change, namespace policy change, no-op update, and leaving', () => {
+    const events: Array<[string, string]> = [];
+    const off = resolver.onIdentity((uid, l) => events.push([uid, l ? (l.kind === 'role' ? `role:${l.identity.roleName}` : l.kind) : 'gone']));
+    namespaces.events!.upsert({ name: 'team', annotations: {} });
+    const p = pod({ namespace: 'team', role: 'r1' });
+    pods.events!.upsert(p);
+    pods.events!.upsert({ ...p }); // same answer: no event
+    namespaces.events!.upsert({ name: 'team', annotations: PERMIT_ALL });
+    namespaces.events!.upsert({ name: 'team', annotations: PERMIT_ALL }); // unchanged: no event
+    pods.events!.upsert({ ...p, role: 'r2' });
+    const q = pod({ namespace: 'team' });
+    pods.events!.upsert(q);
+    pods.events!.upsert({ ...q, ip: '10.5.5.5' }); // IP change: new answer
+    pods.events!.upsert({ ...p, role: 'r2', phase: 'Succeeded' });
+    pods.events!.remove({ ...q, ip: '10.5.5.5' });
+    pods.events!.remove(q); // already gone: no event
+    off();
+    pods.events!.upsert(pod({ namespace: 'team' }));
+    assert.deepEqual(events, [
+      [p.uid, 'denied'],
+      [p.uid, 'role:r1'],
+      [p.uid, 'role:r2'],
+      [q.uid, 'no-role'],
+      [q.uid, 'no-role'],
+      [p.uid, 'gone'],
+      [q.uid, 'gone'],
+    ]);
+  });
+
+  it('a namespace that disappears turns its pods to denied (restriction on)', () => {
+    const events: string[] = [];
+    resolver.onIdentity((_uid, l) => events.push(l ? (l.kind === 'denied' ? `denied:${l.code}` : l.kind) : 'gone'));
+    pods.events!.upsert(pod({ role: 'r' }));
+    namespaces.events!.remove({ name: 'dev', annotations: PERMIT_ALL });
+    assert.deepEqual(events, ['role', 'denied:namespace-unknown']);
+    assert.equal(resolver.currentIdentities().size, 1);
+  });
+
+  it('a throwing identity listener is logged and does not break the feed', async () => {
+    resolver.onIdentity(() => {
+      throw new Error('listener bug');
+    });
+    const p = pod({ role: 'r' });
+    pods.events!.upsert(p);
+    assert.equal((await resolver.lookup(p.ip)).kind, 'role');
+    assert.ok(logs.some((e) => e.msg === 'identity listener failed'));
+  });
+
+  it('stop() stops both sources; a later unknown IP does not wait', async () => {
+    await resolver.stop();
+    assert.equal(pods.stopped, true);
+    const answer = resolver.lookup('10.6.0.1');
+    await settle();
+    assert.deepEqual(await answer, { kind: 'unknown' });
+    assert.equal(pods.liveCalls.length, 1);
+  });
+});

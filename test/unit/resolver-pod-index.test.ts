@@ -1,0 +1,192 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isLive, matchLive, PodIndex, toPodInfo, type PodInfo, type PodLike } from '../../src/resolver/pod-index.ts';
+
+let seq = 0;
+function pod(overrides: Partial<PodInfo> = {}): PodInfo {
+  seq++;
+  return {
+    uid: `uid-${seq}`,
+    name: `pod-${seq}`,
+    namespace: 'ns',
+    ip: `10.0.0.${seq}`,
+    serviceAccount: 'default',
+    phase: 'Running',
+    hostNetwork: false,
+    deleting: false,
+    ...overrides,
+  };
+}
+
+describe('toPodInfo', () => {
+  it('keeps only the fields the agent uses', () => {
+    const raw: PodLike & Record<string, unknown> = {
+      metadata: {
+        uid: 'u1',
+        name: 'web',
+        namespace: 'dev',
+        annotations: { 'iam.amazonaws.com/role': ' reader ', 'iam.amazonaws.com/external-id': 'ext-1', other: 'x'.repeat(1000) },
+      },
+      spec: { serviceAccountName: 'sa', hostNetwork: false, containers: [{ name: 'c' }] } as never,
+      status: { phase: 'Running', podIP: '10.1.2.3' },
+    };
+    const info = toPodInfo(raw);
+    assert.deepEqual(info, {
+      uid: 'u1',
+      name: 'web',
+      namespace: 'dev',
+      ip: '10.1.2.3',
+      serviceAccount: 'sa',
+      role: 'reader',
+      externalId: 'ext-1',
+      phase: 'Running',
+      hostNetwork: false,
+      deleting: false,
+    });
+  });
+
+  it('tolerates a pod with almost nothing set, and blank annotations', () => {
+    const info = toPodInfo({ metadata: { uid: 'u', annotations: { 'iam.amazonaws.com/role': '  ' } }, spec: null, status: null });
+    assert.equal(info.ip, '');
+    assert.equal(info.role, undefined);
+    assert.equal(info.phase, 'Unknown');
+    assert.equal(info.serviceAccount, 'default');
+    assert.equal(isLive(info), false, 'no IP: not live');
+  });
+
+  it('marks a pod with a deletionTimestamp (string or Date) as deleting', () => {
+    assert.equal(toPodInfo({ metadata: { deletionTimestamp: '2026-01-01T00:00:00Z' } }).deleting, true);
+    assert.equal(toPodInfo({ metadata: { deletionTimestamp: new Date() } }).deleting, true);
+    assert.equal(toPodInfo({ metadata: {} }).deleting, false);
+  });
+});
+
+describe('isLive', () => {
+  it('excludes finished, deleting, hostNetwork and IP-less pods', () => {
+    assert.equal(isLive(pod()), true);
+    assert.equal(isLive(pod({ phase: 'Pending' })), true);
+    assert.equal(isLive(pod({ phase: 'Succeeded' })), false);
+    assert.equal(isLive(pod({ phase: 'Failed' })), false);
+    assert.equal(isLive(pod({ deleting: true })), false);
+    assert.equal(isLive(pod({ hostNetwork: true })), false);
+    assert.equal(isLive(pod({ ip: '' })), false);
+  });
+});
+
+describe('PodIndex', () => {
+  it('finds a live pod by IP and counts it', () => {
+    const index = new PodIndex();
+    const p = pod();
+    assert.equal(index.upsert(p), true);
+    assert.deepEqual(index.byIp(p.ip), { kind: 'pod', pod: p });
+    assert.equal(index.size, 1);
+    assert.deepEqual(index.byIp('10.9.9.9'), { kind: 'none' });
+  });
+
+  it('IP reuse: an old Succeeded pod and a new pod on the same IP resolve to the new one', () => {
+    const index = new PodIndex();
+    const old = pod({ ip: '10.0.5.5' });
+    index.upsert(old);
+    index.upsert({ ...old, phase: 'Succeeded' });
+    const fresh = pod({ ip: '10.0.5.5' });
+    index.upsert(fresh);
+    assert.deepEqual(index.byIp('10.0.5.5'), { kind: 'pod', pod: fresh });
+    assert.equal(index.size, 1);
+  });
+
+  it('IP reuse: a deleting old pod and a new pod on the same IP resolve to the new one (either order)', () => {
+    const index = new PodIndex();
+    const old = pod({ ip: '10.0.5.6' });
+    const fresh = pod({ ip: '10.0.5.6' });
+    index.upsert(old);
+    index.upsert(fresh);
+    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'ambiguous' }, 'both live: ambiguous until the old one is marked');
+    index.upsert({ ...old, deleting: true });
+    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'pod', pod: fresh });
+  });
+
+  it('two live pods on one IP are ambiguous; removing one resolves it', () => {
+    const index = new PodIndex();
+    const a = pod({ ip: '10.0.6.1' });
+    const b = pod({ ip: '10.0.6.1' });
+    index.upsert(a);
+    index.upsert(b);
+    assert.deepEqual(index.byIp('10.0.6.1'), { kind: 'ambiguous' });
+    assert.equal(index.remove(a.uid), true);
+    assert.deepEqual(index.byIp('10.0.6.1'), { kind: 'pod', pod: b });
+    assert.equal(index.remove(a.uid), false, 'second remove is a no-op');
+  });
+
+  it('hostNetwork pods are never indexed (they share the node IP)', () => {
+    const index = new PodIndex();
+    const host = pod({ ip: '192.168.1.10', hostNetwork: true });
+    assert.equal(index.upsert(host), false);
+    assert.deepEqual(index.byIp('192.168.1.10'), { kind: 'none' });
+    assert.equal(index.size, 0);
+  });
+
+  it('an IP change moves the pod', () => {
+    const index = new PodIndex();
+    const p = pod({ ip: '10.0.7.1' });
+    index.upsert(p);
+    const moved = { ...p, ip: '10.0.7.2' };
+    index.upsert(moved);
+    assert.deepEqual(index.byIp('10.0.7.1'), { kind: 'none' });
+    assert.deepEqual(index.byIp('10.0.7.2'), { kind: 'pod', pod: moved });
+    assert.equal(index.size, 1);
+  });
+
+  it('a pod that stops being live leaves the index', () => {
+    const index = new PodIndex();
+    const p = pod();
+    index.upsert(p);
+    assert.equal(index.upsert({ ...p, phase: 'Failed' }), false);
+    assert.equal(index.size, 0);
+    assert.equal(index.get(p.uid), undefined);
+  });
+
+  it('waitForIp resolves when the IP appears, without polling', async () => {
+    const index = new PodIndex();
+    const ac = new AbortController();
+    const waiting = index.waitForIp('10.0.8.1', ac.signal);
+    assert.equal(index.pendingWaits, 1);
+    index.upsert(pod({ ip: '10.0.8.2' }));
+    assert.equal(index.pendingWaits, 1, 'another IP does not wake it');
+    index.upsert(pod({ ip: '10.0.8.1' }));
+    assert.equal(await waiting, true);
+    assert.equal(index.pendingWaits, 0);
+  });
+
+  it('waitForIp resolves at once for a known IP and false on abort, cleaning up', async () => {
+    const index = new PodIndex();
+    const p = pod();
+    index.upsert(p);
+    assert.equal(await index.waitForIp(p.ip, new AbortController().signal), true);
+    const ac = new AbortController();
+    const waiting = index.waitForIp('10.0.9.9', ac.signal);
+    ac.abort();
+    assert.equal(await waiting, false);
+    assert.equal(index.pendingWaits, 0);
+    assert.equal(await index.waitForIp('10.0.9.9', AbortSignal.abort()), false);
+  });
+
+  it('waitForIp ignores pods that are not live', async () => {
+    const index = new PodIndex();
+    const ac = new AbortController();
+    const waiting = index.waitForIp('10.0.10.1', ac.signal);
+    index.upsert(pod({ ip: '10.0.10.1', phase: 'Succeeded' }));
+    assert.equal(index.pendingWaits, 1);
+    ac.abort();
+    assert.equal(await waiting, false);
+  });
+});
+
+describe('matchLive', () => {
+  it('classifies a live GET answer with the same liveness rules', () => {
+    const live = pod({ ip: '10.0.11.1' });
+    assert.deepEqual(matchLive([]), { kind: 'none' });
+    assert.deepEqual(matchLive([pod({ phase: 'Succeeded' }), live]), { kind: 'pod', pod: live });
+    assert.deepEqual(matchLive([live, pod({ ip: '10.0.11.1' })]), { kind: 'ambiguous' });
+    assert.deepEqual(matchLive([pod({ hostNetwork: true })]), { kind: 'none' });
+  });
+});

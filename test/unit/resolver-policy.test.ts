@@ -1,0 +1,188 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { PodInfo } from '../../src/resolver/pod-index.ts';
+import { parseRoleArn, Policy, PolicyConfigError, sanitizeSessionName, type PolicyOptions } from '../../src/resolver/policy.ts';
+import type { Lookup } from '../../src/resolver/types.ts';
+
+const BASE = 'arn:aws:iam::123456789012:role/';
+
+function pod(overrides: Partial<PodInfo> = {}): PodInfo {
+  return { uid: 'u1', name: 'web-1', namespace: 'dev', ip: '10.0.0.1', serviceAccount: 'sa', phase: 'Running', hostNetwork: false, deleting: false, ...overrides };
+}
+
+function policy(options: Partial<PolicyOptions> = {}): Policy {
+  return new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a', ...options });
+}
+
+const permitAll = { 'iam.amazonaws.com/permitted': '.*' };
+
+function role(l: Lookup) {
+  assert.equal(l.kind, 'role', `expected a role, got ${JSON.stringify(l)}`);
+  return (l as Extract<Lookup, { kind: 'role' }>).identity;
+}
+
+function denial(l: Lookup) {
+  assert.equal(l.kind, 'denied', `expected a denial, got ${JSON.stringify(l)}`);
+  return l as Extract<Lookup, { kind: 'denied' }>;
+}
+
+describe('Policy: role annotation', () => {
+  it('appends a role name to the base ARN', () => {
+    const id = role(policy().evaluate(pod({ role: 'reader' }), permitAll));
+    assert.equal(id.roleArn, `${BASE}reader`);
+    assert.equal(id.roleName, 'reader');
+  });
+
+  it('accepts a name with a path (leading slash optional) and lists the last segment', () => {
+    const id = role(policy().evaluate(pod({ role: '/team/app/reader' }), permitAll));
+    assert.equal(id.roleArn, `${BASE}team/app/reader`);
+    assert.equal(id.roleName, 'reader');
+  });
+
+  it('adds the missing slash of a base ARN, and a base ARN may carry a path', () => {
+    assert.equal(role(policy({ roleBaseArn: 'arn:aws:iam::123456789012:role' }).evaluate(pod({ role: 'r' }), permitAll)).roleArn, `${BASE}r`);
+    assert.equal(role(policy({ roleBaseArn: `${BASE}kiam/` }).evaluate(pod({ role: 'r' }), permitAll)).roleArn, `${BASE}kiam/r`);
+  });
+
+  it('accepts a full ARN in any partition, with a path', () => {
+    const arn = 'arn:aws-cn:iam::210987654321:role/svc/writer';
+    const id = role(policy({ roleBaseArn: undefined }).evaluate(pod({ role: arn }), permitAll));
+    assert.equal(id.roleArn, arn);
+    assert.equal(id.roleName, 'writer');
+  });
+
+  it('denies malformed ARNs and names', () => {
+    for (const bad of ['arn:aws:iam::123:role/x', 'arn:aws:iam::123456789012:user/x', 'arn:aws:s3:::bucket', 'has space', 'a//b', 'x'.repeat(65)]) {
+      const d = denial(policy().evaluate(pod({ role: bad }), permitAll));
+      assert.equal(d.code, 'invalid-role', bad);
+    }
+  });
+
+  it('denies a role name when there is no base ARN', () => {
+    const d = denial(policy({ roleBaseArn: undefined }).evaluate(pod({ role: 'reader' }), permitAll));
+    assert.equal(d.code, 'no-base-arn');
+    assert.match(d.reason, /role-base-arn/);
+  });
+
+  it('no annotation and no default role → no-role', () => {
+    const l = policy().evaluate(pod(), permitAll);
+    assert.deepEqual(l, { kind: 'no-role', pod: { uid: 'u1', namespace: 'dev', name: 'web-1', ip: '10.0.0.1' } });
+  });
+
+  it('parseRoleArn', () => {
+    assert.deepEqual(parseRoleArn(`${BASE}a/b`), { arn: `${BASE}a/b`, name: 'b' });
+    assert.equal(parseRoleArn('arn:aws:iam::123456789012:role/'), undefined);
+  });
+});
+
+describe('Policy: namespace restriction', () => {
+  it('anchors the regex at both ends: "dev" does not permit "dev-admin"', () => {
+    const p = policy({ roleBaseArn: undefined });
+    const ns = { 'iam.amazonaws.com/permitted': `${BASE}dev` };
+    assert.equal(p.evaluate(pod({ role: `${BASE}dev` }), ns).kind, 'role');
+    const d = denial(p.evaluate(pod({ role: `${BASE}dev-admin` }), ns));
+    assert.equal(d.code, 'not-permitted');
+    assert.match(d.reason, /dev-admin/);
+    assert.equal(d.role, `${BASE}dev-admin`);
+  });
+
+  it('matches the FULL role ARN, not the name', () => {
+    const p = policy();
+    assert.equal(denial(p.evaluate(pod({ role: 'reader' }), { 'iam.amazonaws.com/permitted': 'reader' })).code, 'not-permitted');
+    assert.equal(p.evaluate(pod({ role: 'reader' }), { 'iam.amazonaws.com/permitted': '.*:role/reader' }).kind, 'role');
+  });
+
+  it('alternation stays anchored', () => {
+    const p = policy();
+    const ns = { 'iam.amazonaws.com/permitted': '.*/a|.*/b' };
+    assert.equal(p.evaluate(pod({ role: 'a' }), ns).kind, 'role');
+    assert.equal(p.evaluate(pod({ role: 'b' }), ns).kind, 'role');
+    assert.equal(denial(p.evaluate(pod({ role: 'ab' }), ns)).code, 'not-permitted');
+  });
+
+  it('no annotation, unknown namespace and an invalid regex all deny, with distinct codes', () => {
+    const p = policy();
+    assert.equal(denial(p.evaluate(pod({ role: 'r' }), {})).code, 'namespace-no-policy');
+    assert.equal(denial(p.evaluate(pod({ role: 'r' }), undefined)).code, 'namespace-unknown');
+    const d = denial(p.evaluate(pod({ role: 'r' }), { 'iam.amazonaws.com/permitted': '(' }));
+    assert.equal(d.code, 'namespace-invalid-policy');
+    assert.match(d.reason, /valid regular expression/);
+  });
+
+  it('caches compiled regexes (same answer on repeat, invalid one included)', () => {
+    const p = policy();
+    for (let i = 0; i < 3; i++) {
+      assert.equal(p.evaluate(pod({ role: 'r' }), { 'iam.amazonaws.com/permitted': '.*' }).kind, 'role');
+      assert.equal(denial(p.evaluate(pod({ role: 'r' }), { 'iam.amazonaws.com/permitted': '[' })).code, 'namespace-invalid-policy');
+    }
+  });
+
+  it('restriction off: any namespace, even unknown, permits', () => {
+    const p = policy({ namespaceRestriction: false });
+    assert.equal(p.evaluate(pod({ role: 'r' }), undefined).kind, 'role');
+    assert.equal(p.evaluate(pod({ role: 'r' }), {}).kind, 'role');
+  });
+});
+
+describe('Policy: default role', () => {
+  it('applies to unannotated pods and is subject to the namespace restriction', () => {
+    const p = policy({ defaultRole: 'fallback' });
+    assert.equal(role(p.evaluate(pod(), permitAll)).roleArn, `${BASE}fallback`);
+    assert.equal(denial(p.evaluate(pod(), { 'iam.amazonaws.com/permitted': '.*/other' })).code, 'not-permitted');
+    assert.equal(role(p.evaluate(pod({ role: 'own' }), permitAll)).roleArn, `${BASE}own`, 'an annotation wins');
+  });
+
+  it('bad options fail at construction, naming the flag', () => {
+    assert.throws(() => policy({ roleBaseArn: undefined, defaultRole: 'fallback' }), (e: Error) => e instanceof PolicyConfigError && /--default-role/.test(e.message));
+    assert.throws(() => policy({ roleBaseArn: 'arn:aws:iam::1:role/' }), /--role-base-arn/);
+    assert.throws(() => policy({ sessionNameTemplate: '{namespace}-{bogus}' }), /--session-name: unknown placeholder \{bogus\}/);
+  });
+});
+
+describe('Policy: external ID and identity key', () => {
+  it('takes the external ID from the annotation', () => {
+    const id = role(policy().evaluate(pod({ role: 'r', externalId: 'ext-123' }), permitAll));
+    assert.equal(id.externalId, 'ext-123');
+    assert.equal('externalId' in role(policy().evaluate(pod({ role: 'r' }), permitAll)), false);
+  });
+
+  it('denies an external ID STS would reject', () => {
+    assert.equal(denial(policy().evaluate(pod({ role: 'r', externalId: 'bad id!' }), permitAll)).code, 'invalid-external-id');
+  });
+
+  it('the key separates role, external ID and session name unambiguously', () => {
+    const p = policy({ sessionNameTemplate: 'fixed' });
+    const keys = new Set([
+      role(p.evaluate(pod({ role: 'r' }), permitAll)).key,
+      role(p.evaluate(pod({ role: 'r', externalId: 'e1' }), permitAll)).key,
+      role(p.evaluate(pod({ role: 'r', externalId: 'e2' }), permitAll)).key,
+      role(p.evaluate(pod({ role: 'r2' }), permitAll)).key,
+      role(policy({ sessionNameTemplate: 'other' }).evaluate(pod({ role: 'r' }), permitAll)).key,
+    ]);
+    assert.equal(keys.size, 5);
+    // Same inputs → same key (prefetch and request hit the same cache entry).
+    assert.equal(role(p.evaluate(pod({ role: 'r', externalId: 'e1' }), permitAll)).key, role(p.evaluate(pod({ uid: 'x', role: 'r', externalId: 'e1' }), permitAll)).key);
+  });
+});
+
+describe('Policy: session names', () => {
+  it('fills every placeholder', () => {
+    const p = policy({ sessionNameTemplate: '{namespace}.{pod}.{serviceAccount}.{node}.{role}' });
+    assert.equal(role(p.evaluate(pod({ role: 'team/reader' }), permitAll)).sessionName, 'dev.web-1.sa.node-a.reader');
+  });
+
+  it('sanitises to [\\w+=,.@-] and truncates to 64', () => {
+    const p = policy({ sessionNameTemplate: 'kiam:{pod}' });
+    const long = 'a'.repeat(100);
+    const name = role(p.evaluate(pod({ role: 'r', name: long }), permitAll)).sessionName;
+    assert.equal(name.length, 64);
+    assert.match(name, /^kiam-a+$/);
+    assert.equal(sanitizeSessionName('ns/pod é#1'), 'ns-pod---1');
+  });
+
+  it('is at least 2 characters', () => {
+    assert.ok(sanitizeSessionName('').length >= 2);
+    assert.ok(sanitizeSessionName('x').length >= 2);
+    assert.match(sanitizeSessionName('x'), /^[\w+=,.@-]{2,64}$/);
+  });
+});
