@@ -147,38 +147,15 @@ export class RuleReconciler {
   async remove(): Promise<boolean> {
     await this.stop();
     return this.exclusive(async () => {
-      const live = await this.read();
-      const payload = renderRemove(this.spec.chain, live);
-      if (payload === null) {
-        this.setPresent(false);
-        this.logger.info('no interception rules to remove');
-        return false;
-      }
-      await this.restore(payload);
+      const removed = await removeChain(this.runner, this.backend, this.spec.chain, this.logger);
       this.setPresent(false);
-      this.logger.info({ jumpsRemoved: live.jumps.length }, 'interception rules removed');
-      return true;
+      return removed;
     });
   }
 
   /** Read the live state (one iptables-save) and describe it. */
-  async status(): Promise<RuleStatus> {
-    const live = await this.read();
-    const { inSync, drift, jumpPositions } = compare(this.spec, live);
-    const chain = this.spec.chain;
-    return {
-      backend: this.backend.name,
-      backendReason: this.backend.reason,
-      chain,
-      chainPresent: live.chainPresent,
-      jumpPresent: jumpPositions.length > 0,
-      jumpPosition: jumpPositions[0] ?? null,
-      jumpPositions,
-      rulesWanted: desiredRules(this.spec).map((args) => `-A ${chain} ${formatArgs(args)}`),
-      rulesFound: live.rules.map((rule) => `-A ${chain} ${rule}`),
-      inSync,
-      drift,
-    };
+  status(): Promise<RuleStatus> {
+    return readStatus(this.runner, this.backend, this.spec);
   }
 
   private schedule(): void {
@@ -199,9 +176,8 @@ export class RuleReconciler {
     }
   }
 
-  private async read(): Promise<ChainState> {
-    const result = await runChecked(this.runner, [this.backend.save, '-t', 'nat'], { timeoutMs: SAVE_TIMEOUT_MS });
-    return chainState(result.stdout, this.spec.chain);
+  private read(): Promise<ChainState> {
+    return readChain(this.runner, this.backend, this.spec.chain);
   }
 
   private async apply(live: ChainState): Promise<void> {
@@ -215,8 +191,8 @@ export class RuleReconciler {
     await this.flushConntrack();
   }
 
-  private async restore(payload: string): Promise<void> {
-    await runChecked(this.runner, [this.backend.restore, '--noflush', '--wait', '5'], { input: payload, timeoutMs: RESTORE_TIMEOUT_MS });
+  private restore(payload: string): Promise<void> {
+    return restore(this.runner, this.backend, payload);
   }
 
   /**
@@ -245,4 +221,60 @@ export class RuleReconciler {
     this.queue = run.catch(() => {});
     return run;
   }
+}
+
+async function readChain(runner: CommandRunner, backend: Backend, chain: string): Promise<ChainState> {
+  const result = await runChecked(runner, [backend.save, '-t', 'nat'], { timeoutMs: SAVE_TIMEOUT_MS });
+  return chainState(result.stdout, chain);
+}
+
+async function restore(runner: CommandRunner, backend: Backend, payload: string): Promise<void> {
+  await runChecked(runner, [backend.restore, '--noflush', '--wait', '5'], { input: payload, timeoutMs: RESTORE_TIMEOUT_MS });
+}
+
+/**
+ * Delete every jump to the chain and the chain itself in one transaction. Needs no rule spec, so
+ * `kiam iptables remove` can clean up with nothing but the backend. Returns false (writing nothing) when
+ * nothing is there.
+ */
+export async function removeChain(runner: CommandRunner, backend: Backend, chain: string, logger: Logger): Promise<boolean> {
+  const live = await readChain(runner, backend, chain);
+  const payload = renderRemove(chain, live);
+  if (payload === null) {
+    logger.info({ chain }, 'no interception rules to remove');
+    return false;
+  }
+  await restore(runner, backend, payload);
+  logger.info({ chain, jumpsRemoved: live.jumps.length }, 'interception rules removed');
+  return true;
+}
+
+/**
+ * Describe what is present. With a spec, also what is wanted and whether the two agree; without one
+ * (`kiam iptables status` given no --host-ip), rulesWanted is empty and inSync says only whether anything is there.
+ */
+export async function readStatus(
+  runner: CommandRunner,
+  backend: Backend,
+  spec: Required<RuleSpec> | { chain: string },
+): Promise<RuleStatus> {
+  const chain = spec.chain;
+  const live = await readChain(runner, backend, chain);
+  const full = 'hostIp' in spec;
+  const { inSync, drift, jumpPositions } = full
+    ? compare(spec, live)
+    : { inSync: live.chainPresent && live.jumps.length > 0, drift: [], jumpPositions: live.jumps.filter((j) => j.chain === 'PREROUTING').map((j) => j.position) };
+  return {
+    backend: backend.name,
+    backendReason: backend.reason,
+    chain,
+    chainPresent: live.chainPresent,
+    jumpPresent: jumpPositions.length > 0,
+    jumpPosition: jumpPositions[0] ?? null,
+    jumpPositions,
+    rulesWanted: full ? desiredRules(spec).map((args) => `-A ${chain} ${formatArgs(args)}`) : [],
+    rulesFound: live.rules.map((rule) => `-A ${chain} ${rule}`),
+    inSync,
+    drift,
+  };
 }

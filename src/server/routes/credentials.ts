@@ -38,20 +38,17 @@ export function createIamHandler(ctx: IamContext) {
 
   function refuse(reply: FastifyReply, found: Exclude<Lookup, { kind: 'role' }>, ip: string, handler: IamHandler): FastifyReply {
     switch (found.kind) {
-      case 'denied': {
-        ctx.metrics.denials.inc({ reason: 'policy' });
-        const fields = { ip, pod: found.pod.name, namespace: found.pod.namespace, reason: found.reason, handler };
-        if (warned.first(`${found.pod.uid}\0${found.reason}`)) ctx.logger.warn(fields, 'role denied to pod');
-        else ctx.logger.debug(fields, 'role denied to pod');
+      case 'denied':
+        // The resolver counts and logs policy denials (with their reason); the pod only sees the status.
+        ctx.logger.debug({ ip, pod: found.pod.name, namespace: found.pod.namespace, handler }, 'role denied to pod');
         return sendError(reply, 403);
-      }
       case 'no-role':
         ctx.metrics.denials.inc({ reason: 'no-role' });
         ctx.logger.debug({ ip, pod: found.pod.name, namespace: found.pod.namespace, handler }, 'pod has no role');
         return sendError(reply, 404);
       case 'unknown':
       case 'ambiguous':
-        ctx.metrics.denials.inc({ reason: found.kind === 'unknown' ? 'unknown-ip' : 'ambiguous-ip' });
+        // Counted by the resolver (kiam_pod_ip_unknown_total, kiam_pod_ip_ambiguous_total).
         ctx.logger.debug({ ip, handler, lookup: found.kind }, 'no pod for source IP');
         return sendError(reply, 404);
     }
