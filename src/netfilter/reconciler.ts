@@ -117,6 +117,7 @@ export class RuleReconciler {
         this.logger.warn({ drift }, 'interception rules drifted; re-applying');
         await this.apply(live);
         this.metrics.ruleReconciles.inc({ result: 'repaired' });
+        this.logger.info('interception rules repaired');
         return 'repaired';
       } catch (err) {
         this.metrics.ruleReconciles.inc({ result: 'error' });

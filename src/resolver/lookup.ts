@@ -287,6 +287,10 @@ export class Resolver {
     this.answers.set(pod.uid, answer);
     this.answerSigs.set(pod.uid, sig);
     this.loggedDenials.delete(pod.uid);
+    this.opts.logger.debug(
+      { pod: pod.name, namespace: pod.namespace, podUid: pod.uid, ip: pod.ip, answer: answer.kind, role: answer.kind === 'role' ? answer.identity.roleArn : undefined },
+      'pod indexed',
+    );
     this.emit(pod.uid, answer);
   }
 
@@ -295,6 +299,7 @@ export class Resolver {
     this.loggedDenials.delete(uid);
     if (!this.answers.delete(uid)) return;
     this.answerSigs.delete(uid);
+    this.opts.logger.debug({ podUid: uid }, 'pod left the index');
     this.emit(uid, undefined);
   }
 

@@ -20,6 +20,8 @@ export interface SeenRequest {
   path: string;
   /** Header names lower-cased, as node delivers them. */
   headers: Record<string, string | string[] | undefined>;
+  /** The peer's address: end-to-end tests prove no pod ever reached the real service. */
+  remoteAddress: string;
 }
 
 /**
@@ -109,7 +111,7 @@ export class FakeMetadataService {
       this.control(req, res, target);
       return;
     }
-    this.requests.push({ method: req.method ?? '', path: target, headers: { ...req.headers } });
+    this.requests.push({ method: req.method ?? '', path: target, headers: { ...req.headers }, remoteAddress: (req.socket.remoteAddress ?? '').replace(/^::ffff:/, '') });
     req.resume();
     const answer = () => this.answer(req, res, target);
     if (this.delayMs > 0) setTimeout(answer, this.delayMs).unref();

@@ -1,0 +1,259 @@
+/**
+ * Composition root: builds every component from the Config, wires them together, owns the signals.
+ * Nothing imports this file. Start-up order: metrics/health port → pod and namespace watches synced →
+ * metadata server listening → interception rules installed (only once we can answer) → ready.
+ * Shutdown runs the same steps backwards under a hard deadline.
+ */
+import { pino, type Logger } from 'pino';
+import { AwsStsGateway } from './cache/sts.ts';
+import { CredentialCache } from './cache/credentials.ts';
+import { Prefetcher } from './cache/prefetch.ts';
+import { parseCommandLine, type Invocation } from './cli.ts';
+import { systemClock } from './clock.ts';
+import type { Config } from './config.ts';
+import { Lifecycle } from './lifecycle.ts';
+import { createMetrics } from './metrics.ts';
+import { detectBackend, netfilterBypassWarnings } from './netfilter/backend.ts';
+import { spawnRunner } from './netfilter/exec.ts';
+import { readStatus, removeChain, RuleReconciler } from './netfilter/reconciler.ts';
+import { assertValidRuleSpec, DEFAULT_CHAIN } from './netfilter/rules.ts';
+import { createKubeSources, loadKubeConfig } from './resolver/kube.ts';
+import { Resolver } from './resolver/lookup.ts';
+import { Policy } from './resolver/policy.ts';
+import { buildApp } from './server/app.ts';
+import { buildOpsApp } from './server/ops.ts';
+import { createTokenService } from './server/tokens.ts';
+import { autodetectRoleBaseArn, createUpstream } from './server/upstream.ts';
+
+/** The agent must be gone within 10 s of SIGTERM; stop hooks get a little less, the hard exit the rest. */
+const SHUTDOWN_DEADLINE_MS = 8_000;
+const HARD_EXIT_MS = 9_500;
+const STS_TIMEOUT_MS = 5_000;
+
+async function createLogger(config: Pick<Config, 'logLevel' | 'logFormat' | 'nodeName'>): Promise<Logger> {
+  const options = {
+    level: config.logLevel,
+    base: { node: config.nodeName || undefined },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    // Belt and braces: no component logs these, and none ever reaches the output if one did.
+    redact: { paths: ['secretAccessKey', 'sessionToken', 'token', '*.secretAccessKey', '*.sessionToken', '*.SecretAccessKey', '*.Token'], censor: '[redacted]' },
+  };
+  if (config.logFormat !== 'pretty') return pino(options);
+  let pretty: (opts: object) => NodeJS.WritableStream;
+  try {
+    ({ default: pretty } = (await import('pino-pretty')) as unknown as { default: typeof pretty });
+  } catch {
+    throw new Error('--log-format pretty needs the pino-pretty package (npm install pino-pretty)');
+  }
+  return pino(options, pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+}
+
+async function runAgent(config: Config): Promise<number> {
+  const logger = await createLogger(config);
+  const clock = systemClock;
+  const metrics = createMetrics({ defaultMetrics: true });
+  const lifecycle = new Lifecycle(logger, SHUTDOWN_DEADLINE_MS);
+  const startup = new AbortController();
+  const state = { serving: false, rules: !config.iptables };
+  let resolverReady = () => false;
+
+  let exitCode = 0;
+  const stopped = new Promise<void>((resolve) => {
+    const shutdown = (signal: string) => {
+      if (lifecycle.stopped) return;
+      logger.info({ signal }, 'shutting down');
+      state.serving = false; // not ready first, so the node stops routing to us before we drain
+      startup.abort(new Error(`stopped by ${signal} during start-up`));
+      setTimeout(() => {
+        logger.error('shutdown did not finish in time; exiting');
+        process.exit(1);
+      }, HARD_EXIT_MS).unref();
+      void lifecycle.stop().then((clean) => {
+        if (!clean) exitCode = 1;
+        resolve();
+      });
+    };
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+    process.once('SIGINT', () => shutdown('SIGINT'));
+  });
+
+  try {
+    const ops = buildOpsApp({
+      metrics,
+      logger,
+      readiness: () => {
+        const checks = { watch: resolverReady(), serving: state.serving, rules: state.rules };
+        return { ready: checks.watch && checks.serving && checks.rules, checks };
+      },
+    });
+    await ops.listen({ host: '0.0.0.0', port: config.metricsPort });
+    lifecycle.onStop('metrics server', () => ops.close());
+
+    const upstream = createUpstream({ endpoint: config.metadataEndpoint, clock, logger });
+    lifecycle.onStop('upstream metadata client', () => upstream.close());
+
+    const roleBaseArn = config.roleBaseArnAutodetect ? await autodetectRoleBaseArn(upstream) : config.roleBaseArn;
+    if (config.roleBaseArnAutodetect) logger.info({ roleBaseArn }, 'role base ARN detected from the node instance profile');
+    const region = config.region || (await detectRegion(upstream, logger));
+
+    const sts = new AwsStsGateway({ region, endpoint: config.stsEndpoint, timeoutMs: STS_TIMEOUT_MS });
+    const cache = new CredentialCache({ sts, clock, metrics, logger, sessionDurationSec: config.sessionDurationSec, stsTimeoutMs: STS_TIMEOUT_MS });
+    lifecycle.onStop('credential cache', () => {
+      cache.stop();
+      sts.destroy();
+    });
+    const prefetcher = new Prefetcher({ cache, logger });
+
+    const policy = new Policy({
+      roleBaseArn,
+      defaultRole: config.defaultRole,
+      namespaceRestriction: config.namespaceRestriction,
+      sessionNameTemplate: config.sessionNameTemplate,
+      nodeName: config.nodeName,
+    });
+    const kubeConfig = loadKubeConfig(config.kubeconfig);
+    const { pods, namespaces } = createKubeSources({ kubeConfig, nodeName: config.nodeName, metrics, logger, clock });
+    const resolver = new Resolver({ pods, namespaces, policy, clock, metrics, logger, podWaitMs: config.podWaitMs });
+    resolver.onIdentity((podUid, lookup) => prefetcher.podIdentity(podUid, lookup?.kind === 'role' ? lookup.identity : undefined));
+    resolverReady = () => resolver.ready();
+    resolver.start();
+    lifecycle.onStop('pod watch', async () => {
+      prefetcher.stop();
+      await resolver.stop();
+    });
+    logger.info({ node: config.nodeName }, 'waiting for the pod and namespace watches to sync');
+    await resolver.whenReady(startup.signal);
+    logger.info({ pods: resolver.podsIndexed }, 'watches synced');
+
+    const app = buildApp({
+      lookup: resolver,
+      credentials: cache,
+      upstream,
+      tokens: createTokenService({ clock }),
+      metrics,
+      logger,
+      clock,
+      allowRoutes: config.allowRoutes,
+      denyRoutes: config.denyRoutes,
+    });
+    const host = config.hostIp ?? '127.0.0.1';
+    await app.listen({ host, port: config.port });
+    lifecycle.onStop('metadata server', () => app.close());
+    logger.info({ address: `${host}:${config.port}` }, 'metadata server listening');
+
+    if (config.iptables) {
+      const runner = spawnRunner();
+      const backend = await detectBackend(runner, config.iptablesBackend);
+      for (const warning of netfilterBypassWarnings()) logger.warn(warning);
+      const reconciler = new RuleReconciler({
+        runner,
+        clock,
+        metrics,
+        logger,
+        spec: { hostIp: config.hostIp!, port: config.port, hostInterfaces: config.hostInterfaces },
+        backend,
+        intervalMs: config.reconcileIntervalMs,
+      });
+      // Registered before install so that a failed install still stops the reconciler.
+      lifecycle.onStop('interception rules', async () => {
+        state.rules = false;
+        if (config.removeRulesOnExit) await reconciler.remove();
+        else {
+          await reconciler.stop();
+          logger.info('interception rules kept: pods fail closed until the agent is back (--remove-rules-on-exit to change)');
+        }
+      });
+      await reconciler.install();
+      reconciler.start();
+      state.rules = true;
+    }
+    state.serving = true;
+    logger.info('ready');
+  } catch (err) {
+    if (!startup.signal.aborted) {
+      logger.fatal({ err }, 'start-up failed');
+      exitCode = 1;
+      await lifecycle.stop();
+      logger.flush();
+      return exitCode;
+    }
+  }
+  await stopped;
+  logger.info({ exitCode }, 'stopped');
+  logger.flush();
+  return exitCode;
+}
+
+async function detectRegion(upstream: { getText(path: string): Promise<string> }, logger: Logger): Promise<string> {
+  try {
+    const region = (await upstream.getText('latest/meta-data/placement/region')).trim();
+    if (/^[a-z]{2}(-[a-z]+)+-\d+$/.test(region)) {
+      logger.info({ region }, 'region detected from the node metadata');
+      return region;
+    }
+  } catch (err) {
+    logger.debug({ err }, 'no region from the node metadata');
+  }
+  logger.warn('no --region, AWS_REGION or node metadata region: using us-east-1');
+  return 'us-east-1';
+}
+
+async function runIptables(inv: Extract<Invocation, { kind: 'iptables' }>): Promise<number> {
+  const { config, action, json } = inv;
+  const logger = pino({ level: json ? 'silent' : 'info', base: undefined, timestamp: false }, pino.destination(2));
+  const runner = spawnRunner();
+  const backend = await detectBackend(runner, config.iptablesBackend);
+  const spec = config.hostIp && config.hostInterfaces.length > 0
+    ? assertValidRuleSpec({ hostIp: config.hostIp, port: config.port, hostInterfaces: config.hostInterfaces })
+    : { chain: DEFAULT_CHAIN };
+  switch (action) {
+    case 'install': {
+      if (!('hostIp' in spec)) throw new Error('install needs --host-ip and --host-interface');
+      const reconciler = new RuleReconciler({ runner, clock: systemClock, metrics: createMetrics(), logger, spec, backend, intervalMs: 1000 });
+      await reconciler.install();
+      break;
+    }
+    case 'remove':
+      await removeChain(runner, backend, spec.chain, logger);
+      break;
+    case 'status':
+      break;
+  }
+  const status = await readStatus(runner, backend, spec);
+  if (json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+  else {
+    const lines = [
+      `backend:   ${status.backend} (${status.backendReason})`,
+      `chain:     ${status.chain} ${status.chainPresent ? 'present' : 'absent'}`,
+      `jump:      ${status.jumpPresent ? `PREROUTING position ${status.jumpPositions.join(', ')}` : 'absent'}`,
+      ...status.rulesFound.map((r) => `rule:      ${r}`),
+      ...(status.rulesWanted.length ? [`in sync:   ${status.inSync ? 'yes' : `no (${status.drift.join('; ')})`}`] : []),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }
+  if (action === 'status') return status.rulesWanted.length && !status.inSync ? 1 : 0;
+  if (action === 'remove') return status.chainPresent || status.jumpPresent ? 1 : 0;
+  return status.inSync ? 0 : 1;
+}
+
+async function main(): Promise<void> {
+  const inv = parseCommandLine(process.argv.slice(2));
+  switch (inv.kind) {
+    case 'exit':
+      (inv.code === 0 ? process.stdout : process.stderr).write(inv.output);
+      process.exitCode = inv.code;
+      return;
+    case 'iptables':
+      process.exitCode = await runIptables(inv);
+      return;
+    case 'agent':
+      process.exitCode = await runAgent(inv.config);
+      // Sockets, watches and timers are closed; exit now rather than wait on a straggling handle.
+      process.exit();
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`kiam: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,17 @@
+# Runs inside a pod's network namespace: botocore's default credential chain, which ends at the instance
+# metadata service on 169.254.169.254. Prints {"accessKeyId", "method"} or {"error"}; never a secret.
+import json
+import sys
+
+import botocore.session
+
+try:
+    creds = botocore.session.get_session().get_credentials()
+except Exception as err:  # noqa: BLE001 - report any failure as data
+    print(json.dumps({"error": str(err)}))
+    sys.exit(3)
+if creds is None:
+    print(json.dumps({"error": "no credentials"}))
+    sys.exit(3)
+frozen = creds.get_frozen_credentials()
+print(json.dumps({"accessKeyId": frozen.access_key, "method": creds.method}))
