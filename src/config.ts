@@ -148,7 +148,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
 
   const port = parsePort('--port', opt.port, problems);
   const metricsPort = parsePort('--metrics-port', opt.metricsPort, problems);
-  if (port === metricsPort) problems.push('--metrics-port must differ from --port');
+  if (port > 0 && port === metricsPort) problems.push('--metrics-port must differ from --port');
 
   const hostInterfaces = raw.hostInterface ?? [];
   for (const pattern of hostInterfaces) {
@@ -223,13 +223,14 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     metricsPort,
     kubeconfig: raw.kubeconfig,
     iptables,
-    hostInterfaces,
+    // Copies, frozen too: the lists were validated, so nobody may add to them (or alias the caller's arrays).
+    hostInterfaces: Object.freeze([...hostInterfaces]) as string[],
     iptablesBackend: backend as IptablesBackendChoice,
     removeRulesOnExit: Boolean(raw.removeRulesOnExit),
     reconcileIntervalMs,
     metadataEndpoint,
-    allowRoutes,
-    denyRoutes,
+    allowRoutes: Object.freeze(allowRoutes) as RegExp[],
+    denyRoutes: Object.freeze(denyRoutes) as RegExp[],
     roleBaseArn,
     roleBaseArnAutodetect: Boolean(raw.roleBaseArnAutodetect),
     defaultRole: raw.defaultRole,

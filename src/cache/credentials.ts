@@ -28,7 +28,7 @@
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { StsError, THROTTLING_CODES, type StsCredentials, type StsGateway } from './sts.ts';
+import { raceAbort, StsError, THROTTLING_CODES, type StsCredentials, type StsGateway } from './sts.ts';
 
 /** What the cache needs to know of an identity (structurally a RoleIdentity). */
 export interface CacheIdentity {
@@ -149,7 +149,7 @@ export class CredentialCache {
     }
     this.deps.metrics.cacheMisses.inc();
     const shared = this.fetch(entry, 'request');
-    return signal ? untilAborted(shared, signal) : shared;
+    return signal ? raceAbort(shared, signal) : shared;
   }
 
   /** Start fetching an identity nobody is waiting for yet (no-op when servable or backing off). Never rejects. */
@@ -242,7 +242,7 @@ export class CredentialCache {
     } catch (err) {
       call = Promise.reject(err);
     }
-    const promise = untilAborted(call, abort.signal).then(
+    const promise = raceAbort(call, abort.signal).then(
       (raw) => {
         deadline.cancel();
         return this.succeeded(entry, raw, started, reason);
@@ -391,24 +391,6 @@ function asStsError(err: unknown): StsError {
   return new StsError('unknown', message, true);
 }
 
-/** Settle like promise, or reject with the signal's reason once it aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
-}
 
 function iso(ms: number): string {
   return Number.isFinite(ms) ? new Date(ms).toISOString() : String(ms);

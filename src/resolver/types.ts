@@ -1,6 +1,6 @@
 /**
- * The resolver's answer shapes. They mirror src/server/ports.ts structurally (the dependency rule keeps
- * the resolver from importing src/server); test/unit/resolver-lookup.test.ts checks they stay assignable.
+ * The resolver's answer shapes, also the shapes the metadata server consumes (src/server/ports.ts re-exports
+ * them as types).
  */
 
 export interface PodRef {

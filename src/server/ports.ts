@@ -3,35 +3,12 @@
  * objects of these shapes; main.ts wires them. Nothing here imports client-node or the AWS SDK.
  */
 
-export interface PodRef {
-  uid: string;
-  namespace: string;
-  name: string;
-  ip: string;
-}
-
-/** One STS identity: the cache key is role ARN + external ID + session name. */
-export interface RoleIdentity {
-  /** Stable cache key derived from roleArn, externalId and sessionName. */
-  key: string;
-  roleArn: string;
-  /** The last path segment of the role ARN: what the role listing shows. */
-  roleName: string;
-  externalId?: string;
-  sessionName: string;
-}
-
-export type Lookup =
-  /** The pod may use this role. */
-  | { kind: 'role'; pod: PodRef; identity: RoleIdentity }
-  /** The pod has no role annotation and there is no default role. */
-  | { kind: 'no-role'; pod: PodRef }
-  /** The pod asks for a role it may not have (namespace policy, malformed annotation). Reason goes to logs only. */
-  | { kind: 'denied'; pod: PodRef; reason: string }
-  /** No live pod of this node has this IP (after the wait and the live look-up). */
-  | { kind: 'unknown' }
-  /** Two live pods claim this IP: fail closed. */
-  | { kind: 'ambiguous' };
+/**
+ * Who is asking and what they may have: the resolver's answer shapes, used as they are (type-only, so the
+ * server still never loads the resolver).
+ */
+export type { Lookup, PodRef, RoleIdentity } from '../resolver/types.ts';
+import type { Lookup, RoleIdentity } from '../resolver/types.ts';
 
 export interface IdentityLookup {
   /**

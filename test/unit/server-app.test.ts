@@ -109,7 +109,7 @@ async function setup(options: { allow?: RegExp[]; deny?: RegExp[]; underPressure
   lookup.set(IP_A, { kind: 'role', pod: pod('uid-a', IP_A, 'team-a', 'app-a-7d9f'), identity: ROLE_A });
   lookup.set(IP_B, { kind: 'role', pod: pod('uid-b', IP_B, 'team-b', 'app-b-5c4e'), identity: ROLE_B });
   lookup.set(IP_NOROLE, { kind: 'no-role', pod: pod('uid-n', IP_NOROLE, 'plain', 'plain-pod') });
-  lookup.set(IP_DENIED, { kind: 'denied', pod: pod('uid-d', IP_DENIED, 'sneaky-ns', 'sneaky-pod'), reason: 'namespace sneaky-ns does not permit admin-role' });
+  lookup.set(IP_DENIED, { kind: 'denied', pod: pod('uid-d', IP_DENIED, 'sneaky-ns', 'sneaky-pod'), reason: 'namespace sneaky-ns does not permit admin-role', code: 'not-permitted' });
   lookup.set(IP_AMBIGUOUS, { kind: 'ambiguous' });
   lookup.set(IP_BROKEN, { kind: 'role', pod: pod('uid-x', IP_BROKEN, 'broken', 'broken-pod'), identity: ROLE_BROKEN });
   const credsA = credentials.issue(ROLE_A, 'ASIAPODAAAAAAAAAAAAA');
