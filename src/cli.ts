@@ -12,7 +12,9 @@ const collect = (value: string, previous: string[] | undefined): string[] => [..
 
 function interceptionOptions(cmd: Command, forAgent: boolean): Command {
   return cmd
-    .addOption(new Option('--host-ip <ip>', 'node IP the DNAT sends metadata traffic to, and the metadata server binds to').env('HOST_IP'))
+    // Environment fallbacks (HOST_IP, NODE_NAME) are applied by buildConfig from parseCommandLine's `env`, not by
+    // commander's .env(), which would read process.env behind the caller's back (and take an empty HOST_IP as a value).
+    .addOption(new Option('--host-ip <ip>', 'node IP the DNAT sends metadata traffic to, and the metadata server binds to (env: HOST_IP)'))
     .addOption(new Option('--port <port>', 'metadata server port on the host IP').default(DEFAULTS.port))
     .addOption(
       new Option('--host-interface <pattern>', `pod-facing interface(s), repeatable; iptables wildcards (cali+) and negation (!eth0)${forAgent ? '; required with --iptables' : ''}`).argParser(collect),
@@ -27,10 +29,11 @@ function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
+  const defaultDeny = [...DEFAULTS.denyRouteRegexp];
   const agent = program
     .command('agent')
     .description('run the node agent: intercept, resolve pods, serve and prefetch credentials')
-    .addOption(new Option('--node-name <name>', 'this node; only its pods are watched').env('NODE_NAME'))
+    .addOption(new Option('--node-name <name>', 'this node; only its pods are watched (env: NODE_NAME)'))
     .addOption(new Option('--metrics-port <port>', 'port for /metrics, /healthz and /readyz (never reachable through the DNAT)').default(DEFAULTS.metricsPort))
     .option('--kubeconfig <path>', 'kubeconfig file (default: in-cluster service account)')
     .option('--iptables', 'install the interception rules and keep reconciling them', false)
@@ -40,8 +43,9 @@ function buildProgram(): Command {
     .addOption(new Option('--allow-route-regexp <regexp>', 'pass-through only paths matching one of these (repeatable; default: all not denied)').argParser(collect))
     .addOption(
       new Option('--deny-route-regexp <regexp>', 'never pass through paths matching these (repeatable; replaces the default)')
-        .argParser(collect)
-        .default([...DEFAULTS.denyRouteRegexp], DEFAULTS.denyRouteRegexp.join(' ')),
+        // The first value given replaces the default list; later ones are appended.
+        .argParser((value: string, previous: string[]) => (previous === defaultDeny ? [value] : collect(value, previous)))
+        .default(defaultDeny, DEFAULTS.denyRouteRegexp.join(' ')),
     )
     .option('--role-base-arn <arn>', 'prefix for role names in annotations, e.g. arn:aws:iam::123456789012:role/')
     .option('--role-base-arn-autodetect', "derive the base ARN from the node's own instance profile", false)
@@ -52,6 +56,7 @@ function buildProgram(): Command {
     )
     .addOption(new Option('--region <region>', 'AWS region for STS (default: AWS_REGION, else the node metadata, else us-east-1)'))
     .option('--sts-endpoint <url>', 'STS endpoint override (private endpoints, tests)')
+    .option('--namespace-restriction', 'require the namespace annotation iam.amazonaws.com/permitted to allow the role (default: on)')
     .option('--no-namespace-restriction', 'do not require the namespace annotation iam.amazonaws.com/permitted')
     .addOption(new Option('--pod-wait-timeout <duration>', 'how long a request from an unknown IP waits for the watch').default(DEFAULTS.podWaitTimeout))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))

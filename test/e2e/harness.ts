@@ -155,6 +155,32 @@ export class Node {
   get stsProcess(): TrackedProcess {
     return this.stsProc;
   }
+
+  /** The agent's Prometheus text from 127.0.0.1:9620/metrics, read with curl inside the node namespace. */
+  async metrics(): Promise<string> {
+    return this.sb.execOrThrow(this.sb.nodeNs, [CURL, '-sS', '--fail', '--max-time', '5', 'http://127.0.0.1:9620/metrics']);
+  }
+
+  /** `kiam <args…>` from the production bundle, run inside the node namespace (e.g. `iptables remove`). */
+  async kiam(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const r = await this.sb.exec(this.sb.nodeNs, [process.execPath, join(REPO, 'bin/kiam.mjs'), ...args], { env: { PATH: process.env.PATH } });
+    return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+  }
+}
+
+/**
+ * A sample's value in Prometheus text (`name{labels} value`); labels must match exactly the ones given
+ * (in any order), none given = the unlabelled sample. 0 when the sample is absent (prom-client omits unused series).
+ */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).sort().join(',');
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = (m[2] ?? '').split(/,(?=[a-zA-Z_]\w*=")/).filter(Boolean).sort().join(',');
+    if (got === want) return Number(m[3]);
+  }
+  return 0;
 }
 
 export function parse(line: string): Json | undefined {
@@ -191,6 +217,29 @@ export async function podCurl(sb: Sandbox, pod: Pod, path: string, opts: { metho
   const r = await sb.exec(pod.ns, args, { env: podEnv(sb), timeoutMs: 10_000 });
   const cut = r.stdout.lastIndexOf('\n');
   return { status: Number(r.stdout.slice(cut + 1)) || 0, body: r.stdout.slice(0, Math.max(cut, 0)), curlCode: r.code ?? -1 };
+}
+
+export interface HttpAnswerWithHeaders extends HttpAnswer {
+  /** Response headers, names lower-cased (the last one wins when repeated). */
+  headers: Record<string, string>;
+}
+
+/** podCurl() that also returns the response headers. */
+export async function podHttp(sb: Sandbox, pod: Pod, path: string, opts: { method?: string; headers?: Record<string, string> } = {}): Promise<HttpAnswerWithHeaders> {
+  const args = [CURL, '-sS', '--max-time', '3', '-i', '-o', '-', '-w', '\n%{http_code}', '-X', opts.method ?? 'GET'];
+  for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
+  args.push(`http://169.254.169.254${path}`);
+  const r = await sb.exec(pod.ns, args, { env: podEnv(sb), timeoutMs: 10_000 });
+  const cut = r.stdout.lastIndexOf('\n');
+  const raw = r.stdout.slice(0, Math.max(cut, 0));
+  const split = raw.indexOf('\r\n\r\n');
+  const head = split < 0 ? raw : raw.slice(0, split);
+  const headers: Record<string, string> = {};
+  for (const line of head.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return { status: Number(r.stdout.slice(cut + 1)) || 0, headers, body: split < 0 ? '' : raw.slice(split + 4), curlCode: r.code ?? -1 };
 }
 
 /** The IMDSv2 flow with curl: token, role listing, document. */
