@@ -43,8 +43,9 @@ export class Lifecycle {
       }
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<'timeout'>((resolve) => {
+        // Deliberately not unref'd: a hung hook that holds no handle must still be abandoned (logged, stop() → false)
+        // rather than the loop draining silently. The timer is cleared as soon as the hook settles.
         timer = setTimeout(() => resolve('timeout'), left);
-        timer.unref();
       });
       try {
         const result = await Promise.race([Promise.resolve().then(fn), timeout]);

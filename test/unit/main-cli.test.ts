@@ -1,0 +1,126 @@
+/**
+ * Runs the real entry point (src/main.ts) as a child process. Never runs the iptables subcommands: those would
+ * touch this machine's iptables (their argument errors are covered through parseCommandLine in cli.test.ts).
+ */
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+/** Generous: tsx start-up on a loaded CI machine. Hitting it is a failure (the agent hung). */
+const CHILD_TIMEOUT_MS = 30_000;
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Wall-clock time (ms since the epoch) at which the child had exited. */
+  exitedAt: number;
+}
+
+/** The environment for the child: no cluster, node or host hints leaking in from ours; IMDS disabled for the SDK. */
+function childEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, AWS_EC2_METADATA_DISABLED: 'true' };
+  for (const k of ['NODE_NAME', 'HOST_IP', 'KUBERNETES_SERVICE_HOST', 'KUBERNETES_SERVICE_PORT', 'KUBECONFIG', 'NODE_OPTIONS']) delete env[k];
+  return env;
+}
+
+function runMain(args: string[]): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`kiam ${args.join(' ')} did not exit within ${CHILD_TIMEOUT_MS} ms\nstdout: ${stdout}\nstderr: ${stderr}`));
+    }, CHILD_TIMEOUT_MS);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, exitedAt: Date.now() });
+    });
+  });
+}
+
+/** A port that was free a moment ago (bound on 127.0.0.1:0, then released). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function jsonLines(text: string): Record<string, unknown>[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim().startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+describe('kiam entry point (child process)', () => {
+  test('--version prints the package version and exits 0', async () => {
+    const run = await runMain(['--version']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout.trim(), pkg.version);
+    assert.equal(run.stderr, '');
+  });
+
+  test('--help exits 0 with usage on stdout', async () => {
+    const run = await runMain(['--help']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /Usage: kiam/);
+    assert.match(run.stdout, /--node-name/);
+  });
+
+  test('agent without --node-name exits 2, naming --node-name on stderr', async () => {
+    const run = await runMain(['agent']);
+    assert.equal(run.code, 2);
+    assert.match(run.stderr, /--node-name/);
+    assert.equal(run.stdout, '');
+  });
+
+  test('an unknown flag exits 2, naming it on stderr', async () => {
+    const run = await runMain(['agent', '--node-name', 'n', '--no-such-flag']);
+    assert.equal(run.code, 2);
+    assert.match(run.stderr, /--no-such-flag/);
+  });
+
+  test('agent with an unreadable kubeconfig exits 1 promptly with a fatal JSON log naming the problem', async () => {
+    const metricsPort = await freePort();
+    const run = await runMain([
+      'agent',
+      '--node-name', 'n',
+      '--kubeconfig', '/nonexistent/kubeconfig',
+      '--metadata-endpoint', 'http://127.0.0.1:9',
+      '--region', 'eu-west-1',
+      '--metrics-port', String(metricsPort),
+    ]);
+    assert.equal(run.signal, null);
+    assert.equal(run.code, 1, `stdout: ${run.stdout}\nstderr: ${run.stderr}`);
+    const fatal = jsonLines(run.stdout).filter((l) => l.level === 60);
+    assert.equal(fatal.length, 1, run.stdout);
+    const message = String((fatal[0]!.err as { message?: unknown } | undefined)?.message);
+    assert.ok(message.includes('--kubeconfig'), JSON.stringify(fatal[0]));
+    assert.ok(message.includes('/nonexistent/kubeconfig'), JSON.stringify(fatal[0]));
+    assert.equal(fatal[0]!.node, 'n');
+    // From the failure to the exit it must not sit out the 8 s shutdown deadline (start-up time is not counted:
+    // that depends on the machine). The hard hang guard is CHILD_TIMEOUT_MS.
+    const failedAt = Date.parse(String(fatal[0]!.time));
+    assert.ok(Number.isFinite(failedAt), JSON.stringify(fatal[0]));
+    assert.ok(run.exitedAt - failedAt < 5_000, `exited ${run.exitedAt - failedAt} ms after the fatal log`);
+  });
+});
