@@ -123,12 +123,46 @@ export function parseDuration(text: string): number {
   return consumed === trimmed.length && consumed > 0 ? total : Number.NaN;
 }
 
-export function isIPv4(text: string): boolean {
-  const parts = text.split('.');
-  return parts.length === 4 && parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255);
+/** The instance metadata address the agent intercepts. */
+export const METADATA_IP = '169.254.169.254';
+/** After an optional leading `!`: [A-Za-z0-9_.@:+-], not starting with `-`, `+` (wildcard) only at the end. */
+const INTERFACE_RE = /^(?!-)[A-Za-z0-9_.@:-]*\+?$/;
+/** IFNAMSIZ - 1. */
+const MAX_INTERFACE_LENGTH = 15;
+
+/** Why this cannot be the node's host IP (the DNAT target and bind address), or undefined when it can. */
+export function hostIpProblem(ip: unknown): string | undefined {
+  const shown = JSON.stringify(ip);
+  if (typeof ip !== 'string' || !/^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/.test(ip)) {
+    return `host IP ${shown} must be an IPv4 address in dotted-quad form (e.g. 10.0.1.23)`;
+  }
+  const octets = ip.split('.').map(Number);
+  if (octets.some((o) => o > 255)) return `host IP ${shown} has an octet above 255`;
+  const first = octets[0] ?? 0;
+  if (ip === '0.0.0.0') return `host IP ${shown} is the unspecified address; give the node's own address`;
+  if (first === 127) return `host IP ${shown} is a loopback address: DNAT from PREROUTING to loopback is dropped; give the node's own address`;
+  if (ip === METADATA_IP) return `host IP ${shown} is the metadata address itself`;
+  if (first >= 224) return `host IP ${shown} is a multicast or reserved address`;
+  return undefined;
 }
 
-const IFACE = /^!?[A-Za-z0-9_.@:-]{1,15}\+?$/;
+/** Why this is not an iptables `-i` pattern (`cali+`, `eni+`, `!eth0`), or undefined when it is one. */
+export function interfacePatternProblem(pattern: unknown): string | undefined {
+  const shown = JSON.stringify(pattern);
+  if (typeof pattern !== 'string' || pattern === '' || pattern === '!') {
+    return `host interface ${shown} is empty`;
+  }
+  if (pattern === '!+') return `host interface ${shown} matches no interface at all`;
+  const name = pattern.startsWith('!') ? pattern.slice(1) : pattern;
+  if (name.length > MAX_INTERFACE_LENGTH) {
+    return `host interface ${shown} is longer than ${MAX_INTERFACE_LENGTH} characters`;
+  }
+  if (!INTERFACE_RE.test(name)) {
+    return `host interface ${shown} is not an iptables interface pattern: characters [A-Za-z0-9_.@:+-], an optional leading '!', no leading '-', and '+' only at the end`;
+  }
+  return undefined;
+}
+
 
 /**
  * Validate the raw options against the environment and return one frozen Config, or throw a ConfigError
@@ -143,7 +177,8 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   if (mode === 'agent' && !nodeName) problems.push('--node-name (or env NODE_NAME) is required');
   const hostIp = raw.hostIp ?? (env.HOST_IP || undefined);
   const iptables = mode === 'iptables' || Boolean(raw.iptables);
-  if (hostIp !== undefined && !isIPv4(hostIp)) problems.push(`--host-ip: "${hostIp}" is not an IPv4 address`);
+  const ipProblem = hostIp === undefined ? undefined : hostIpProblem(hostIp);
+  if (ipProblem) problems.push(`--host-ip: ${ipProblem}`);
   if (iptables && mode === 'agent' && !hostIp) problems.push('--host-ip (or env HOST_IP) is required with --iptables');
 
   const port = parsePort('--port', opt.port, problems);
@@ -152,9 +187,8 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
 
   const hostInterfaces = raw.hostInterface ?? [];
   for (const pattern of hostInterfaces) {
-    if (!IFACE.test(pattern)) {
-      problems.push(`--host-interface: "${pattern}" is not an interface name (≤ 15 of [A-Za-z0-9_.@:-], optional leading "!" and trailing "+")`);
-    }
+    const problem = interfacePatternProblem(pattern);
+    if (problem) problems.push(`--host-interface: ${problem}`);
   }
   if (iptables && mode === 'agent' && hostInterfaces.length === 0) {
     problems.push('--host-interface is required with --iptables (e.g. cali+ for Calico, eni+ for the AWS VPC CNI, cni0 for bridge)');

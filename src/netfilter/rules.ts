@@ -4,7 +4,9 @@
  * No I/O here.
  */
 
-export const METADATA_IP = '169.254.169.254';
+import { hostIpProblem, interfacePatternProblem, METADATA_IP } from '../config.ts';
+
+export { METADATA_IP };
 export const METADATA_PORT = 80;
 export const DEFAULT_CHAIN = 'KIAM-METADATA';
 export const RULE_COMMENT = 'kiam: metadata to agent';
@@ -31,15 +33,10 @@ export class RuleSpecError extends Error {
 
 const BUILTIN_NAMES = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING', 'ACCEPT', 'DROP', 'RETURN', 'QUEUE', 'DNAT', 'SNAT', 'MASQUERADE', 'REDIRECT']);
 
-/** After an optional leading `!`: [A-Za-z0-9_.@:+-], not starting with `-`, `+` (wildcard) only at the end. */
-const INTERFACE_RE = /^(?!-)[A-Za-z0-9_.@:-]*\+?$/;
-/** IFNAMSIZ - 1. */
-const MAX_INTERFACE_LENGTH = 15;
-
 /** Every problem with the spec, empty when it is valid. */
 export function validateRuleSpec(spec: RuleSpec): string[] {
   const problems: string[] = [];
-  const ipProblem = checkHostIp(spec.hostIp);
+  const ipProblem = hostIpProblem(spec.hostIp);
   if (ipProblem) problems.push(ipProblem);
   if (!Number.isInteger(spec.port) || spec.port < 1 || spec.port > 65535) {
     problems.push(`port ${JSON.stringify(spec.port)} must be an integer between 1 and 65535`);
@@ -49,7 +46,7 @@ export function validateRuleSpec(spec: RuleSpec): string[] {
   } else {
     const seen = new Set<string>();
     for (const pattern of spec.hostInterfaces) {
-      const problem = checkInterface(pattern);
+      const problem = interfacePatternProblem(pattern);
       if (problem) problems.push(problem);
       else if (seen.has(pattern)) problems.push(`host interface ${JSON.stringify(pattern)} is given more than once`);
       seen.add(pattern);
@@ -71,37 +68,6 @@ export function assertValidRuleSpec(spec: RuleSpec): Required<RuleSpec> {
   const problems = validateRuleSpec(spec);
   if (problems.length > 0) throw new RuleSpecError(problems);
   return { hostIp: spec.hostIp, port: spec.port, hostInterfaces: [...spec.hostInterfaces], chain: spec.chain ?? DEFAULT_CHAIN };
-}
-
-function checkHostIp(ip: unknown): string | undefined {
-  const shown = JSON.stringify(ip);
-  if (typeof ip !== 'string' || !/^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/.test(ip)) {
-    return `host IP ${shown} must be an IPv4 address in dotted-quad form (e.g. 10.0.1.23)`;
-  }
-  const octets = ip.split('.').map(Number);
-  if (octets.some((o) => o > 255)) return `host IP ${shown} has an octet above 255`;
-  const first = octets[0] ?? 0;
-  if (ip === '0.0.0.0') return `host IP ${shown} is the unspecified address; give the node's own address`;
-  if (first === 127) return `host IP ${shown} is a loopback address: DNAT from PREROUTING to loopback is dropped; give the node's own address`;
-  if (ip === METADATA_IP) return `host IP ${shown} is the metadata address itself`;
-  if (first >= 224) return `host IP ${shown} is a multicast or reserved address`;
-  return undefined;
-}
-
-function checkInterface(pattern: unknown): string | undefined {
-  const shown = JSON.stringify(pattern);
-  if (typeof pattern !== 'string' || pattern === '' || pattern === '!') {
-    return `host interface ${shown} is empty`;
-  }
-  if (pattern === '!+') return `host interface ${shown} matches no interface at all`;
-  const name = pattern.startsWith('!') ? pattern.slice(1) : pattern;
-  if (name.length > MAX_INTERFACE_LENGTH) {
-    return `host interface ${shown} is longer than ${MAX_INTERFACE_LENGTH} characters`;
-  }
-  if (!INTERFACE_RE.test(name)) {
-    return `host interface ${shown} is not an iptables interface pattern: characters [A-Za-z0-9_.@:+-], an optional leading '!', no leading '-', and '+' only at the end`;
-  }
-  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------------
