@@ -59,6 +59,9 @@ describe('kiam agent in a network-namespace sandbox', { skip }, () => {
   });
 
   it('gives each pod its own role with curl (IMDSv2), the AWS CLI v2, botocore and the JS SDK v3', async () => {
+    // "ready" does not wait for the prefetches (they run beside the rule install): wait for both, from the first line.
+    await node.agentLog('assumed role', { sessionName: 'team-a.a1' }, 10_000, 0);
+    await node.agentLog('assumed role', { sessionName: 'team-b.b1' }, 10_000, 0);
     const a1 = await issuedKey('team-a.a1');
     const b1 = await issuedKey('team-b.b1');
     assert.notEqual(a1, b1);
@@ -126,11 +129,14 @@ describe('kiam agent in a network-namespace sandbox', { skip }, () => {
     const callsBefore = (await node.stsCalls()).length;
     // From now on STS takes longer than any SDK waits: only a warm cache can answer in time.
     await node.configureSts({ delayMs: 3000 });
-    pods.e1 = await sb.addPod({ name: 'e1', ip: '10.77.1.60' });
-    const got = await clientCredentials(sb, pods.e1, 'js-sdk');
-    assert.equal(got.accessKeyId, await issuedKey('team-a.e1'), got.output);
-    assert.equal((await node.stsCalls()).length, callsBefore, 'no STS call on the request path');
-    await node.configureSts({ delayMs: 0 });
+    try {
+      pods.e1 = await sb.addPod({ name: 'e1', ip: '10.77.1.60' });
+      const got = await clientCredentials(sb, pods.e1, 'js-sdk');
+      assert.equal(got.accessKeyId, await issuedKey('team-a.e1'), got.output);
+      assert.equal((await node.stsCalls()).length, callsBefore, 'no STS call on the request path');
+    } finally {
+      await node.configureSts({ delayMs: 0 }); // also when it failed: the later tests share this STS
+    }
   });
 
   it('never gives a new pod on a re-used IP the old pod\'s role, nor honours the old pod\'s token', async () => {
@@ -154,8 +160,9 @@ describe('kiam agent in a network-namespace sandbox', { skip }, () => {
 
   it('puts the rules back after they are deleted by hand', async () => {
     const from = node.agent!.lineCount;
-    await sb.execOrThrow(sb.nodeNs, ['iptables-nft', '-t', 'nat', '-D', 'PREROUTING', '-j', 'KIAM-METADATA']);
-    await sb.execOrThrow(sb.nodeNs, ['iptables-nft', '-t', 'nat', '-F', 'KIAM-METADATA']);
+    // Both deletions in one transaction: as two commands, a reconcile (every 1 s) could repair between them, and the
+    // flush would then undo the repair after the log line this test waits for.
+    await sb.execOrThrow(sb.nodeNs, ['iptables-nft-restore', '--noflush'], { input: '*nat\n-D PREROUTING -j KIAM-METADATA\n-F KIAM-METADATA\nCOMMIT\n' });
     await node.agentLog('interception rules repaired', {}, 10_000, from);
     const save = await sb.execOrThrow(sb.nodeNs, ['iptables-nft-save', '-t', 'nat']);
     assert.match(save, /-A PREROUTING -j KIAM-METADATA/);

@@ -37,8 +37,12 @@ function alive(pid: number): boolean {
   }
 }
 
-/** For a process that is not our child (no exit event to wait on): poll /proc briefly. */
-async function waitGone(pid: number, ms: number): Promise<boolean> {
+/**
+ * For a process that is not our child there is no exit event to wait on (Node has no pidfd), so this is the one
+ * bounded poll of the suite: /proc every 5 ms. It returns as soon as the process is gone; the bound only limits how
+ * long a failure takes, so it is generous (SIGKILL delivery on a loaded 2-core machine).
+ */
+async function waitGone(pid: number, ms = 10_000): Promise<boolean> {
   const deadline = performance.now() + ms;
   while (alive(pid) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 5));
   return !alive(pid);
@@ -241,18 +245,21 @@ test('a SIGTERM to the test process cleans up; a hard kill is cleaned up by swee
   const termPrefix = `kiamq${suffix}`;
   const crashPrefix = `kiamk${suffix}`;
   const other = await Sandbox.create(); // a live sandbox with another prefix must survive the sweep
+  // The two child test processes are ours to stop by PID, also when an assertion fails before they are killed.
+  let term: TrackedProcess | undefined;
+  let crash: TrackedProcess | undefined;
   try {
     // SIGTERM: the exit handlers kill the pod's process by PID and delete the namespaces.
-    const term = startChild(termPrefix);
+    term = startChild(termPrefix);
     const termPid = Number((await term.waitForLine(/^pid \d+$/, 10_000)).split(' ')[1]);
     assert.ok(netnsList().includes(`${termPrefix}-a`));
     term.kill('SIGTERM');
     assert.equal((await term.exited).signal, 'SIGTERM');
     assert.equal(netnsList().filter((n) => n.startsWith(`${termPrefix}-`)).length, 0);
-    assert.ok(await waitGone(termPid, 2_000), 'the pod process was killed by the exit handler');
+    assert.ok(await waitGone(termPid), 'the pod process was killed by the exit handler');
 
     // SIGKILL: nothing runs, the namespaces and the pod's process stay behind until sweep(prefix).
-    const crash = startChild(crashPrefix);
+    crash = startChild(crashPrefix);
     const orphan = Number((await crash.waitForLine(/^pid \d+$/, 10_000)).split(' ')[1]);
     crash.kill('SIGKILL');
     await crash.exited;
@@ -261,12 +268,14 @@ test('a SIGTERM to the test process cleans up; a hard kill is cleaned up by swee
     await assert.rejects(Sandbox.create({ prefix: crashPrefix }), /use Sandbox\.sweep/);
     assert.deepEqual((await Sandbox.sweep(crashPrefix)).sort(), [`${crashPrefix}-a`, `${crashPrefix}-node`]);
     assert.equal(netnsList().filter((n) => n.startsWith(`${crashPrefix}-`)).length, 0);
-    assert.ok(await waitGone(orphan, 2_000), 'sweep killed the orphan by PID');
+    assert.ok(await waitGone(orphan), 'sweep killed the orphan by PID');
     assert.deepEqual(await Sandbox.sweep(crashPrefix), []);
     assert.ok(netnsList().includes(other.nodeNs), 'other prefixes untouched');
     await assert.rejects(Sandbox.sweep(other.prefix), /live sandbox/);
     await assert.rejects(Sandbox.sweep(''), /invalid prefix/);
   } finally {
+    crash?.kill('SIGKILL'); // a no-op once reaped; its namespaces and orphans go with the sweep below
+    await Promise.all([term?.stop(2_000), crash?.exited]);
     await other.destroy();
     await Sandbox.sweep(termPrefix);
     await Sandbox.sweep(crashPrefix);

@@ -62,7 +62,7 @@ class FakeCredentials implements CredentialProvider {
       accessKeyId,
       secretAccessKey: `secret-of-${accessKeyId}`,
       sessionToken: `session-token-of-${accessKeyId}`,
-      expiration: now + 3600_000 + 123, // a fraction of a second, to see it truncated
+      expiration: now + 3600_000 + 999, // a fraction of a second, to see it truncated (not rounded up)
       lastUpdated: now - 60_000 + 456,
     };
     this.byKey.set(id.key, creds);
@@ -171,15 +171,19 @@ function assertTerse(res: LightMyRequestResponse, status: number): void {
   }
 }
 
+/**
+ * The document for credsA, issued when the FakeClock stands at its start, 2026-11-28T07:00:00Z: expiration one hour
+ * and 999 ms later, last updated 59.544 s before. The times are written out, not computed the way the code does.
+ */
 const DOC_A = (creds: Credentials) =>
   '{\n' +
   '  "Code" : "Success",\n' +
-  `  "LastUpdated" : "${new Date(Math.floor(creds.lastUpdated / 1000) * 1000).toISOString().replace('.000Z', 'Z')}",\n` +
+  '  "LastUpdated" : "2026-11-28T06:59:00Z",\n' +
   '  "Type" : "AWS-HMAC",\n' +
   `  "AccessKeyId" : "${creds.accessKeyId}",\n` +
   `  "SecretAccessKey" : "${creds.secretAccessKey}",\n` +
   `  "Token" : "${creds.sessionToken}",\n` +
-  `  "Expiration" : "${new Date(Math.floor(creds.expiration / 1000) * 1000).toISOString().replace('.000Z', 'Z')}"\n` +
+  '  "Expiration" : "2026-11-28T08:00:00Z"\n' +
   '}';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -349,7 +353,7 @@ describe('credentials', () => {
   });
 
   it('describes the role in iam/info', async () => {
-    const { app, clock } = await setup();
+    const { app } = await setup();
     const res = await get(app, '/latest/meta-data/iam/info', IP_A);
     assert.equal(res.statusCode, 200);
     assert.equal(res.headers['content-type'], 'text/plain');
@@ -357,7 +361,7 @@ describe('credentials', () => {
     assert.deepEqual(Object.keys(info), ['Code', 'LastUpdated', 'InstanceProfileArn', 'InstanceProfileId']);
     assert.equal(info.Code, 'Success');
     assert.equal(info.InstanceProfileArn, 'arn:aws:iam::123456789012:instance-profile/app-a');
-    assert.equal(info.LastUpdated, new Date(clock.now()).toISOString().replace('.000Z', 'Z'));
+    assert.equal(info.LastUpdated, '2026-11-28T07:00:00Z'); // the FakeClock's start
     assert.match(info.InstanceProfileId ?? '', /^AIPA[A-Z0-9]{17}$/);
     const again = JSON.parse((await get(app, '/latest/meta-data/iam/info', IP_A)).body) as Record<string, string>;
     assert.equal(again.InstanceProfileId, info.InstanceProfileId, 'stable');
