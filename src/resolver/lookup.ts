@@ -45,7 +45,16 @@ export interface ResolverOptions {
   podWaitMs?: number;
   /** Time budget of the live GET that follows the wait. Default 150 ms. */
   liveLookupTimeoutMs?: number;
+  /**
+   * After a live GET found no pod for an IP, further requests from it within this window skip the GET (they
+   * still wait for the watch). Keeps a client on an unknown IP from turning every request into an API call.
+   * Default 5000 ms.
+   */
+  liveLookupHoldoffMs?: number;
 }
+
+/** At most this many IPs are remembered as recently not found (oldest forgotten first). */
+const MAX_RECENT_MISSES = 1024;
 
 const UNKNOWN: Lookup = { kind: 'unknown' };
 const AMBIGUOUS: Lookup = { kind: 'ambiguous' };
@@ -79,6 +88,9 @@ export class Resolver {
   private readonly inflight = new Map<string, Promise<Lookup>>();
   private readonly podWaitMs: number;
   private readonly liveLookupTimeoutMs: number;
+  private readonly liveLookupHoldoffMs: number;
+  /** IP → when a live GET last found no pod there. */
+  private readonly recentMisses = new Map<string, number>();
   private podsSynced = false;
   private namespacesSynced = false;
   private started = false;
@@ -88,6 +100,7 @@ export class Resolver {
   constructor(private readonly opts: ResolverOptions) {
     this.podWaitMs = opts.podWaitMs ?? 800;
     this.liveLookupTimeoutMs = opts.liveLookupTimeoutMs ?? 150;
+    this.liveLookupHoldoffMs = opts.liveLookupHoldoffMs ?? 5000;
   }
 
   start(): void {
@@ -200,6 +213,11 @@ export class Resolver {
       timer.cancel();
       if (seen) return this.fromIndex(ip) ?? UNKNOWN;
     }
+    const missedAt = this.recentMisses.get(ip);
+    if (missedAt !== undefined && clock.now() - missedAt < this.liveLookupHoldoffMs) {
+      metrics.liveLookups.inc({ result: 'held-off' });
+      return UNKNOWN;
+    }
     let candidates: PodInfo[];
     try {
       candidates = await pods.listByIp(ip, this.liveLookupTimeoutMs);
@@ -217,7 +235,12 @@ export class Resolver {
     const m = matchLive(candidates);
     metrics.liveLookups.inc({ result: m.kind === 'pod' ? 'found' : m.kind === 'ambiguous' ? 'ambiguous' : 'not-found' });
     if (m.kind === 'ambiguous') return AMBIGUOUS;
-    if (m.kind === 'none') return UNKNOWN;
+    if (m.kind === 'none') {
+      this.recentMisses.delete(ip);
+      if (this.recentMisses.size >= MAX_RECENT_MISSES) this.recentMisses.delete(this.recentMisses.keys().next().value!);
+      this.recentMisses.set(ip, clock.now());
+      return UNKNOWN;
+    }
     logger.info({ pod: m.pod.name, namespace: m.pod.namespace, ip }, 'pod found by live look-up before the watch reported it');
     return this.evaluate(m.pod);
   }

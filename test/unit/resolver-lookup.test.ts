@@ -155,6 +155,30 @@ describe('Resolver', () => {
     assert.equal(await value(metrics.liveLookups, { result: 'not-found' }), 1);
   });
 
+  it('an IP the live GET found empty is not looked up again within the hold-off, but the watch still answers it', async () => {
+    pods.live = async () => [];
+    const first = resolver.lookup('10.2.0.9');
+    await clock.advance(800);
+    assert.deepEqual(await first, { kind: 'unknown' });
+    const again = resolver.lookup('10.2.0.9');
+    await clock.advance(800);
+    assert.deepEqual(await again, { kind: 'unknown' });
+    assert.equal(pods.liveCalls.length, 1, 'held off');
+    assert.equal(await value(metrics.liveLookups, { result: 'held-off' }), 1);
+    // Within the hold-off a pod the watch reports is still found.
+    const waiting = resolver.lookup('10.2.0.9');
+    const p = pod({ ip: '10.2.0.9', role: 'reader' });
+    pods.events!.upsert(p);
+    assert.equal(((await waiting) as { kind: string }).kind, 'role');
+    pods.events!.remove(p);
+    // After the hold-off, the live GET runs again.
+    await clock.advance(5000);
+    const later = resolver.lookup('10.2.0.9');
+    await clock.advance(800);
+    assert.deepEqual(await later, { kind: 'unknown' });
+    assert.equal(pods.liveCalls.length, 2);
+  });
+
   it('the live GET applies the liveness rules: a finished pod there is unknown', async () => {
     pods.live = async (ip) => [pod({ ip, phase: 'Succeeded', role: 'reader' })];
     const answer = resolver.lookup('10.2.0.2');
