@@ -19,9 +19,9 @@ import type { AddressInfo } from 'node:net';
 import { isIP } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { decodeKubeProtobuf } from './kube-protobuf.ts';
+import { runStandalone } from './standalone.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -853,7 +853,7 @@ async function makeCertificate(host: string, extra: string[]): Promise<{ key: st
 
 // ---------- standalone ----------
 
-async function main(argv: string[]): Promise<void> {
+runStandalone('fake-kube-apiserver', import.meta.url, async (argv) => {
   const args = new Map<string, string>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -874,23 +874,5 @@ async function main(argv: string[]): Promise<void> {
   const fake = await FakeKubeApiServer.start(options);
   const kubeconfig = args.get('kubeconfig-out');
   if (kubeconfig) await fake.writeKubeconfig(kubeconfig);
-  process.stdout.write(`${JSON.stringify({ url: fake.url, kubeconfig: kubeconfig ?? null, token: fake.token, pid: process.pid })}\n`);
-  let closing = false;
-  const shutdown = () => {
-    if (closing) return;
-    closing = true;
-    fake.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.on('SIGTERM', shutdown);
-  process.on('SIGINT', shutdown);
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    process.stderr.write(`fake-kube-apiserver: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(2);
-  });
-}
+  return { announce: { url: fake.url, kubeconfig: kubeconfig ?? null, token: fake.token, pid: process.pid }, close: () => fake.close() };
+});

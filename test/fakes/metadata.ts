@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pathToFileURL } from 'node:url';
+import { runStandalone } from './standalone.ts';
 
 export interface SeenRequest {
   method: string;
@@ -250,27 +250,9 @@ function parseArgs(argv: string[]): { host: string; port: number; tokenMode: Tok
   return out;
 }
 
-async function main(): Promise<void> {
-  let args;
-  try {
-    args = parseArgs(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n`);
-    process.exit(2);
-  }
+runStandalone('fake metadata service', import.meta.url, async (argv) => {
+  const args = parseArgs(argv);
   const fake = new FakeMetadataService({ tokenMode: args.tokenMode });
   const url = await fake.start(args.host, args.port);
-  process.stdout.write(`${JSON.stringify({ url })}\n`);
-  const stop = () => {
-    void fake.close().then(() => process.exit(0));
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-}
-
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`fake metadata service failed: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
-  });
-}
+  return { announce: { url }, close: () => fake.close() };
+});

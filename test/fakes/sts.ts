@@ -23,9 +23,9 @@
 import { createHash, createHmac, randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { SignatureV4 } from '@smithy/signature-v4';
+import { runStandalone } from './standalone.ts';
 import type { AssumeRoleRequest, StsCredentials, StsGateway } from '../../src/cache/sts.ts';
 
 export type MalformedKind = 'empty' | 'garbage' | 'no-credentials' | 'no-token' | 'bad-expiration';
@@ -515,8 +515,9 @@ function isoSeconds(ms: number): string {
   return new Date(Math.floor(ms / 1000) * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
-async function main(): Promise<void> {
+runStandalone('fake sts', import.meta.url, async (argv) => {
   const { values } = parseArgs({
+    args: argv,
     options: {
       host: { type: 'string', default: '127.0.0.1' },
       port: { type: 'string', default: '0' },
@@ -545,23 +546,8 @@ async function main(): Promise<void> {
 
   const sts = new FakeSts({ host: values.host, port: num('port', values.port) ?? 0, config });
   const url = await sts.start();
-  process.stdout.write(`${JSON.stringify({ url })}\n`);
-  const shutdown = () => {
-    sts.stop().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once('SIGTERM', shutdown);
-  process.once('SIGINT', shutdown);
-}
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((err: unknown) => {
-    process.stderr.write(`fake sts: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(2);
-  });
-}
+  return { announce: { url }, close: () => sts.stop() };
+});
 
 /** One call seen by ScriptedSts. */
 export interface ScriptedCall {
