@@ -56,7 +56,7 @@ export class FakeMetadataService {
   private readonly server: http.Server;
   private readonly sockets = new Set<import('node:net').Socket>();
 
-  constructor(private readonly options: FakeMetadataOptions = {}) {
+  constructor(options: FakeMetadataOptions = {}) {
     this.tokenMode = options.tokenMode ?? 'optional';
     this.paths = buildPaths(options);
     this.server = http.createServer((req, res) => this.handle(req, res));
