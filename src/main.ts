@@ -54,8 +54,10 @@ async function runAgent(config: Config): Promise<number> {
   const metrics = createMetrics({ defaultMetrics: true });
   const lifecycle = new Lifecycle(logger, SHUTDOWN_DEADLINE_MS);
   const startup = new AbortController();
-  const state = { serving: false, rules: !config.iptables };
+  const state = { serving: false };
   let resolverReady = () => false;
+  /** Without --iptables there are no rules to wait for; with it, whether the reconciler last found them in place. */
+  let rulesReady = () => !config.iptables;
 
   let exitCode = 0;
   const stopped = new Promise<void>((resolve) => {
@@ -82,7 +84,7 @@ async function runAgent(config: Config): Promise<number> {
       metrics,
       logger,
       readiness: () => {
-        const checks = { watch: resolverReady(), serving: state.serving, rules: state.rules };
+        const checks = { watch: resolverReady(), serving: state.serving, rules: rulesReady() };
         return { ready: checks.watch && checks.serving && checks.rules, checks };
       },
     });
@@ -156,7 +158,6 @@ async function runAgent(config: Config): Promise<number> {
       });
       // Registered before install so that a failed install still stops the reconciler.
       lifecycle.onStop('interception rules', async () => {
-        state.rules = false;
         if (config.removeRulesOnExit) await reconciler.remove();
         else {
           await reconciler.stop();
@@ -165,7 +166,7 @@ async function runAgent(config: Config): Promise<number> {
       });
       await reconciler.install();
       reconciler.start();
-      state.rules = true;
+      rulesReady = () => reconciler.present;
     }
     state.serving = true;
     logger.info('ready');
