@@ -123,6 +123,16 @@ export function parseDuration(text: string): number {
   return consumed === trimmed.length && consumed > 0 ? total : Number.NaN;
 }
 
+/** `--role-base-arn`: a role ARN prefix ending in `/` (a path may follow `role/`). */
+export const ROLE_BASE_ARN = /^arn:aws[a-z-]*:iam::\d{12}:role\/([\w+=,.@-]+\/)*$/;
+/** The placeholders a `--session-name` template may use. */
+export const SESSION_NAME_PLACEHOLDERS: ReadonlySet<string> = new Set(['namespace', 'pod', 'serviceAccount', 'node', 'role']);
+
+/** An AWS region name such as eu-west-1 or us-gov-west-1. */
+export function isRegionName(text: string): boolean {
+  return /^[a-z]{2}(-[a-z]+)+-\d+$/.test(text);
+}
+
 /** The instance metadata address the agent intercepts. */
 export const METADATA_IP = '169.254.169.254';
 /** After an optional leading `!`: [A-Za-z0-9_.@:+-], not starting with `-`, `+` (wildcard) only at the end. */
@@ -211,7 +221,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   const denyRoutes = compileAll('--deny-route-regexp', opt.denyRouteRegexp, problems);
 
   const roleBaseArn = raw.roleBaseArn;
-  if (roleBaseArn !== undefined && !/^arn:aws[a-z-]*:iam::\d{12}:role\/([\w+=,.@-]+\/)*$/.test(roleBaseArn)) {
+  if (roleBaseArn !== undefined && !ROLE_BASE_ARN.test(roleBaseArn)) {
     problems.push(`--role-base-arn: "${roleBaseArn}" must look like arn:aws:iam::123456789012:role/ (ending in /)`);
   }
   if (roleBaseArn && raw.roleBaseArnAutodetect) problems.push('--role-base-arn and --role-base-arn-autodetect are mutually exclusive');
@@ -226,7 +236,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   }
   const sessionNameTemplate = opt.sessionName;
   const unknownPlaceholder = [...sessionNameTemplate.matchAll(/\{([^}]*)\}/g)].find(
-    (m) => !['namespace', 'pod', 'serviceAccount', 'node', 'role'].includes(m[1]!),
+    (m) => !SESSION_NAME_PLACEHOLDERS.has(m[1]!),
   );
   if (unknownPlaceholder) {
     problems.push(`--session-name: unknown placeholder ${unknownPlaceholder[0]} (use {namespace} {pod} {serviceAccount} {node} {role})`);
@@ -234,7 +244,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   if (sessionNameTemplate.trim() === '') problems.push('--session-name must not be empty');
 
   const region = raw.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? '';
-  if (region && !/^[a-z]{2}(-[a-z]+)+-\d+$/.test(region)) problems.push(`--region: "${region}" is not an AWS region name`);
+  if (region && !isRegionName(region)) problems.push(`--region: "${region}" is not an AWS region name`);
   if (raw.stsEndpoint !== undefined) {
     try {
       const u = new URL(raw.stsEndpoint);

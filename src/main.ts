@@ -10,7 +10,7 @@ import { CredentialCache } from './cache/credentials.ts';
 import { Prefetcher } from './cache/prefetch.ts';
 import { parseCommandLine, type Invocation } from './cli.ts';
 import { systemClock } from './clock.ts';
-import type { Config } from './config.ts';
+import { isRegionName, type Config } from './config.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { createMetrics } from './metrics.ts';
 import { detectBackend, netfilterBypassWarnings } from './netfilter/backend.ts';
@@ -188,7 +188,7 @@ async function runAgent(config: Config): Promise<number> {
 async function detectRegion(upstream: { getText(path: string): Promise<string> }, logger: Logger): Promise<string> {
   try {
     const region = (await upstream.getText('latest/meta-data/placement/region')).trim();
-    if (/^[a-z]{2}(-[a-z]+)+-\d+$/.test(region)) {
+    if (isRegionName(region)) {
       logger.info({ region }, 'region detected from the node metadata');
       return region;
     }

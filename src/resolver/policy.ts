@@ -3,6 +3,7 @@
  * Deny by default: a malformed annotation, an unknown namespace, a namespace without a policy, or a
  * policy that does not match the full role ARN all refuse credentials (peers.md pain 15).
  */
+import { ROLE_BASE_ARN, SESSION_NAME_PLACEHOLDERS } from '../config.ts';
 import type { PodInfo } from './pod-index.ts';
 import type { DenialCode, Lookup, PodRef, RoleIdentity } from './types.ts';
 
@@ -21,11 +22,9 @@ export interface PolicyOptions {
 
 const SEGMENT = '[\\w+=,.@-]+';
 const ROLE_ARN = new RegExp(`^arn:([a-z][a-z0-9-]{0,31}):iam::(\\d{12}):role/((?:${SEGMENT}/)*)([\\w+=,.@-]{1,64})$`);
-const BASE_ARN = new RegExp(`^arn:[a-z][a-z0-9-]{0,31}:iam::\\d{12}:role/(?:${SEGMENT}/)*$`);
 const ROLE_NAME = new RegExp(`^/?((?:${SEGMENT}/)*)([\\w+=,.@-]{1,64})$`);
 const EXTERNAL_ID = /^[\w+=,.@:/-]{2,1224}$/;
 const PLACEHOLDER = /\{(\w+)\}/g;
-const PLACEHOLDERS = new Set(['namespace', 'pod', 'serviceAccount', 'node', 'role']);
 const MAX_REGEX_CACHE = 1024;
 
 export interface ResolvedRole {
@@ -61,11 +60,11 @@ export class Policy {
     const errors: string[] = [];
     if (options.roleBaseArn !== undefined && options.roleBaseArn !== '') {
       const base = options.roleBaseArn.endsWith('/') ? options.roleBaseArn : `${options.roleBaseArn}/`;
-      if (!BASE_ARN.test(base)) errors.push(`--role-base-arn: "${options.roleBaseArn}" is not of the form arn:<partition>:iam::<12 digits>:role/[path/]`);
+      if (!ROLE_BASE_ARN.test(base)) errors.push(`--role-base-arn: "${options.roleBaseArn}" is not of the form arn:<partition>:iam::<12 digits>:role/[path/]`);
       this.baseArn = base;
     }
     for (const m of options.sessionNameTemplate.matchAll(PLACEHOLDER)) {
-      if (!PLACEHOLDERS.has(m[1]!)) errors.push(`--session-name: unknown placeholder {${m[1]}} (use ${[...PLACEHOLDERS].map((p) => `{${p}}`).join(' ')})`);
+      if (!SESSION_NAME_PLACEHOLDERS.has(m[1]!)) errors.push(`--session-name: unknown placeholder {${m[1]}} (use ${[...SESSION_NAME_PLACEHOLDERS].map((p) => `{${p}}`).join(' ')})`);
     }
     if (options.defaultRole !== undefined && options.defaultRole !== '') {
       const resolved = this.resolveRole(options.defaultRole.trim());
