@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo and the tests need, only those missing (needs root and apt).
 # iptables (nft + legacy), conntrack, iproute2, curl, openssl for the fake API server's certificate, and the
-# real clients the end-to-end tests drive: the AWS CLI v2 (Debian awscli) and botocore.
+# real clients the end-to-end tests drive: the AWS CLI v2 (Debian awscli) and botocore; shellcheck for the
+# test that lints every shell script.
 set -euo pipefail
 need=()
 for cmd in ip:iproute2 iptables-nft-restore:iptables iptables-legacy-restore:iptables conntrack:conntrack \
-           curl:curl openssl:openssl /usr/bin/aws:awscli /usr/bin/python3:python3; do
+           curl:curl openssl:openssl /usr/bin/aws:awscli /usr/bin/python3:python3 shellcheck:shellcheck; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 /usr/bin/python3 -c 'import botocore' >/dev/null 2>&1 || need+=(python3-botocore)
