@@ -46,6 +46,8 @@ export interface Config {
   region: string;
   stsEndpoint?: string;
   namespaceRestriction: boolean;
+  /** How the entries of kube2iam's namespace annotation iam.amazonaws.com/allowed-roles match (--namespace-restriction-format). */
+  allowedRolesFormat: 'glob' | 'regexp';
   /** How long a request from an unknown IP waits for the watch before the live look-up. */
   podWaitMs: number;
 
@@ -75,6 +77,8 @@ export interface RawOptions {
   reconcileInterval?: string;
   metadataEndpoint?: string;
   allowRouteRegexp?: string[];
+  /** uswitch/kiam's allow list: matched against the path with its leading slash. */
+  whitelistRouteRegexp?: string[];
   denyRouteRegexp?: string[];
   roleBaseArn?: string;
   roleBaseArnAutodetect?: boolean;
@@ -84,6 +88,7 @@ export interface RawOptions {
   region?: string;
   stsEndpoint?: string;
   namespaceRestriction?: boolean;
+  namespaceRestrictionFormat?: string;
   podWaitTimeout?: string;
   logLevel?: string;
   logFormat?: string;
@@ -100,6 +105,7 @@ export const DEFAULTS = {
   sessionDuration: '1h',
   sessionName: '{namespace}.{pod}',
   podWaitTimeout: '800ms',
+  namespaceRestrictionFormat: 'glob',
   logLevel: 'info',
   logFormat: 'json',
 } as const;
@@ -218,6 +224,13 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     problems.push(`--metadata-endpoint: "${opt.metadataEndpoint}" must be an http:// base URL such as http://169.254.169.254`);
   }
   const allowRoutes = compileAll('--allow-route-regexp', opt.allowRouteRegexp ?? [], problems);
+  for (const p of raw.whitelistRouteRegexp ?? []) {
+    try {
+      allowRoutes.push(new LeadingSlashRegExp(p));
+    } catch (err) {
+      problems.push(`--whitelist-route-regexp: "${p}" is not a valid regular expression (${(err as Error).message})`);
+    }
+  }
   const denyRoutes = compileAll('--deny-route-regexp', opt.denyRouteRegexp, problems);
 
   const roleBaseArn = raw.roleBaseArn;
@@ -253,6 +266,10 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
       problems.push(`--sts-endpoint: "${raw.stsEndpoint}" is not an http(s) URL`);
     }
   }
+  const allowedRolesFormat = opt.namespaceRestrictionFormat;
+  if (allowedRolesFormat !== 'glob' && allowedRolesFormat !== 'regexp') {
+    problems.push(`--namespace-restriction-format: "${allowedRolesFormat}" is not one of glob, regexp`);
+  }
   const podWaitMs = parseDuration(opt.podWaitTimeout);
   if (!(podWaitMs >= 0 && podWaitMs <= 10_000)) problems.push(`--pod-wait-timeout: "${opt.podWaitTimeout}" must be a duration between 0 and 10s`);
 
@@ -283,10 +300,22 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     region,
     stsEndpoint: raw.stsEndpoint,
     namespaceRestriction: raw.namespaceRestriction !== false,
+    allowedRolesFormat: allowedRolesFormat as 'glob' | 'regexp',
     podWaitMs,
     logLevel: opt.logLevel,
     logFormat: opt.logFormat as LogFormat,
   });
+}
+
+/**
+ * A pattern from uswitch/kiam's --whitelist-route-regexp. kiam matched it against the request path with its
+ * leading slash (`/latest/meta-data/instance-id`); ours are matched without it, so this one sees the slash again.
+ * `source` stays the pattern as given.
+ */
+export class LeadingSlashRegExp extends RegExp {
+  override exec(text: string): RegExpExecArray | null {
+    return super.exec(`/${text}`);
+  }
 }
 
 function parsePort(flag: string, text: string, problems: string[]): number {

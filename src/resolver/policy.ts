@@ -8,6 +8,12 @@ import type { PodInfo } from './pod-index.ts';
 import type { DenialCode, Lookup, PodRef, RoleIdentity } from './types.ts';
 
 export const PERMITTED_ANNOTATION = 'iam.amazonaws.com/permitted';
+/**
+ * kube2iam's namespace annotation: a JSON list of role names (prefixed with the base ARN) or ARNs, each a glob
+ * (`*` = any characters) or, with allowedRolesFormat 'regexp', a regular expression; either way matched against
+ * the whole role ARN. Read only when the namespace has no `permitted` annotation.
+ */
+export const ALLOWED_ROLES_ANNOTATION = 'iam.amazonaws.com/allowed-roles';
 
 export interface PolicyOptions {
   /** e.g. `arn:aws:iam::123456789012:role/` (a path may follow `role/`); a trailing `/` is added if missing. */
@@ -15,6 +21,8 @@ export interface PolicyOptions {
   /** Role (name or ARN) for pods without the role annotation. */
   defaultRole?: string;
   namespaceRestriction: boolean;
+  /** How entries of iam.amazonaws.com/allowed-roles match; default 'glob' (kube2iam's default). */
+  allowedRolesFormat?: 'glob' | 'regexp';
   /** Placeholders {namespace} {pod} {serviceAccount} {node} {role}. */
   sessionNameTemplate: string;
   nodeName: string;
@@ -55,6 +63,7 @@ export class Policy {
   private readonly baseArn: string | undefined;
   private readonly defaultRole: ResolvedRole | undefined;
   private readonly regexCache = new Map<string, RegExp | Error>();
+  private readonly allowedRolesCache = new Map<string, RegExp[] | Error>();
 
   constructor(private readonly options: PolicyOptions) {
     const errors: string[] = [];
@@ -100,15 +109,25 @@ export class Policy {
         return denied(ref, 'namespace-unknown', `namespace ${pod.namespace} is not known (yet)`, role.arn);
       }
       const pattern = namespaceAnnotations[PERMITTED_ANNOTATION];
-      if (pattern === undefined) {
-        return denied(ref, 'namespace-no-policy', `namespace ${pod.namespace} has no ${PERMITTED_ANNOTATION} annotation`, role.arn);
-      }
-      const regex = this.compile(pattern);
-      if (regex instanceof Error) {
-        return denied(ref, 'namespace-invalid-policy', `namespace ${pod.namespace}: ${PERMITTED_ANNOTATION} is not a valid regular expression: ${regex.message}`, role.arn);
-      }
-      if (!regex.test(role.arn)) {
-        return denied(ref, 'not-permitted', `role ${role.arn} does not match ${PERMITTED_ANNOTATION} "${pattern}" of namespace ${pod.namespace}`, role.arn);
+      const allowedRoles = pattern === undefined ? namespaceAnnotations[ALLOWED_ROLES_ANNOTATION] : undefined;
+      if (allowedRoles !== undefined) {
+        const matchers = this.compileAllowedRoles(allowedRoles);
+        if (matchers instanceof Error) {
+          return denied(ref, 'namespace-invalid-policy', `namespace ${pod.namespace}: ${ALLOWED_ROLES_ANNOTATION} ${matchers.message}`, role.arn);
+        }
+        if (!matchers.some((m) => m.test(role.arn))) {
+          return denied(ref, 'not-permitted', `role ${role.arn} matches no entry of ${ALLOWED_ROLES_ANNOTATION} ${allowedRoles} of namespace ${pod.namespace}`, role.arn);
+        }
+      } else if (pattern === undefined) {
+        return denied(ref, 'namespace-no-policy', `namespace ${pod.namespace} has no ${PERMITTED_ANNOTATION} (or ${ALLOWED_ROLES_ANNOTATION}) annotation`, role.arn);
+      } else {
+        const regex = this.compile(pattern);
+        if (regex instanceof Error) {
+          return denied(ref, 'namespace-invalid-policy', `namespace ${pod.namespace}: ${PERMITTED_ANNOTATION} is not a valid regular expression: ${regex.message}`, role.arn);
+        }
+        if (!regex.test(role.arn)) {
+          return denied(ref, 'not-permitted', `role ${role.arn} does not match ${PERMITTED_ANNOTATION} "${pattern}" of namespace ${pod.namespace}`, role.arn);
+        }
       }
     }
 
@@ -149,6 +168,17 @@ export class Policy {
     return cached;
   }
 
+  /** The annotation's entries as anchored patterns over the full role ARN, or why it is unusable. Cached per value. */
+  private compileAllowedRoles(value: string): RegExp[] | Error {
+    let cached = this.allowedRolesCache.get(value);
+    if (cached === undefined) {
+      cached = parseAllowedRoles(value, this.baseArn, this.options.allowedRolesFormat ?? 'glob');
+      if (this.allowedRolesCache.size >= MAX_REGEX_CACHE) this.allowedRolesCache.clear();
+      this.allowedRolesCache.set(value, cached);
+    }
+    return cached;
+  }
+
   private sessionName(pod: PodInfo, roleName: string): string {
     const values: Record<string, string> = {
       namespace: pod.namespace,
@@ -159,6 +189,34 @@ export class Policy {
     };
     return sanitizeSessionName(this.options.sessionNameTemplate.replace(PLACEHOLDER, (all, key: string) => values[key] ?? all));
   }
+}
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+
+function parseAllowedRoles(value: string, baseArn: string | undefined, format: 'glob' | 'regexp'): RegExp[] | Error {
+  let list: unknown;
+  try {
+    list = JSON.parse(value);
+  } catch {
+    list = undefined;
+  }
+  if (!Array.isArray(list) || !list.every((e): e is string => typeof e === 'string' && e.trim() !== '')) {
+    return new Error('is not a JSON list of role names or ARNs, e.g. ["reader", "arn:aws:iam::123456789012:role/team-a/*"]');
+  }
+  const out: RegExp[] = [];
+  for (const raw of list) {
+    const entry = raw.trim();
+    const isArn = entry.toLowerCase().startsWith('arn:');
+    if (!isArn && baseArn === undefined) return new Error(`entry "${entry}" is a role name, which needs --role-base-arn (or use a full ARN)`);
+    const prefix = isArn ? '' : escapeRegExp(baseArn!);
+    const body = format === 'glob' ? entry.split('*').map(escapeRegExp).join('.*') : entry;
+    try {
+      out.push(new RegExp(`^${prefix}(?:${body})$`));
+    } catch (err) {
+      return new Error(`entry "${entry}" is not a valid regular expression: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  return out;
 }
 
 function denied(pod: PodRef, code: DenialCode, reason: string, role?: string): Lookup {

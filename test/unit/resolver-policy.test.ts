@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import type { PodInfo } from '../../src/resolver/pod-index.ts';
 import { parseRoleArn, Policy, PolicyConfigError, sanitizeSessionName, type PolicyOptions } from '../../src/resolver/policy.ts';
 import type { Lookup } from '../../src/resolver/types.ts';
+import { slimNamespace } from '../../src/resolver/kube.ts';
 
 const BASE = 'arn:aws:iam::123456789012:role/';
 
@@ -184,5 +185,88 @@ describe('Policy: session names', () => {
     assert.ok(sanitizeSessionName('').length >= 2);
     assert.ok(sanitizeSessionName('x').length >= 2);
     assert.match(sanitizeSessionName('x'), /^[\w+=,.@-]{2,64}$/);
+  });
+});
+
+describe("Policy: kube2iam's iam.amazonaws.com/allowed-roles", () => {
+  const allowed = (list: unknown) => ({ 'iam.amazonaws.com/allowed-roles': typeof list === 'string' ? list : JSON.stringify(list) });
+
+  it('a role name entry is prefixed with the base ARN and matches the whole ARN (glob by default)', () => {
+    const p = policy();
+    assert.equal(role(p.evaluate(pod({ role: 'reader' }), allowed(['reader']))).roleArn, `${BASE}reader`);
+    assert.equal(denial(p.evaluate(pod({ role: 'reader-admin' }), allowed(['reader']))).code, 'not-permitted');
+    assert.equal(denial(p.evaluate(pod({ role: 'team/reader' }), allowed(['reader']))).code, 'not-permitted');
+  });
+
+  it('glob: `*` spans any characters, paths included; regex characters are literal', () => {
+    const p = policy();
+    const ns = allowed(['my-custom-path/*', 'read.r']);
+    assert.equal(role(p.evaluate(pod({ role: 'my-custom-path/app/reader' }), ns)).roleName, 'reader');
+    assert.equal(denial(p.evaluate(pod({ role: 'other-path/reader' }), ns)).code, 'not-permitted');
+    assert.equal(role(p.evaluate(pod({ role: 'read.r' }), ns)).roleName, 'read.r');
+    assert.equal(denial(p.evaluate(pod({ role: 'readxr' }), ns)).code, 'not-permitted');
+  });
+
+  it('an ARN entry is taken whole, in any account', () => {
+    const other = 'arn:aws:iam::210987654321:role/shared-*';
+    const p = policy();
+    assert.equal(role(p.evaluate(pod({ role: 'arn:aws:iam::210987654321:role/shared-logs' }), allowed([other]))).roleName, 'shared-logs');
+    assert.equal(denial(p.evaluate(pod({ role: 'shared-logs' }), allowed([other]))).code, 'not-permitted', 'not the same ARN in our account');
+  });
+
+  it('regexp format: entries are regular expressions, anchored at both ends (kube2iam did not anchor)', () => {
+    const p = policy({ allowedRolesFormat: 'regexp' });
+    const ns = allowed(['my-custom-path/.*', 'reader']);
+    assert.equal(role(p.evaluate(pod({ role: 'my-custom-path/app' }), ns)).roleName, 'app');
+    assert.equal(role(p.evaluate(pod({ role: 'reader' }), ns)).roleName, 'reader');
+    assert.equal(denial(p.evaluate(pod({ role: 'reader-admin' }), ns)).code, 'not-permitted');
+    assert.equal(denial(p.evaluate(pod({ role: 'x-my-custom-path/app' }), ns)).code, 'not-permitted');
+  });
+
+  it('`permitted` wins when a namespace has both annotations', () => {
+    const p = policy();
+    const both = { 'iam.amazonaws.com/permitted': `${BASE}writer`, ...allowed(['reader']) };
+    assert.equal(denial(p.evaluate(pod({ role: 'reader' }), both)).code, 'not-permitted');
+    assert.equal(role(p.evaluate(pod({ role: 'writer' }), both)).roleName, 'writer');
+  });
+
+  it('a malformed annotation denies, saying why', () => {
+    const p = policy();
+    for (const bad of ['reader', '{"reader": true}', '["reader", 3]', '[""]', '"reader"']) {
+      const d = denial(p.evaluate(pod({ role: 'reader' }), allowed(bad)));
+      assert.equal(d.code, 'namespace-invalid-policy', bad);
+      assert.match(d.reason, /iam\.amazonaws\.com\/allowed-roles is not a JSON list of role names or ARNs/);
+    }
+    const re = denial(policy({ allowedRolesFormat: 'regexp' }).evaluate(pod({ role: 'reader' }), allowed(['read('])));
+    assert.equal(re.code, 'namespace-invalid-policy');
+    assert.match(re.reason, /entry "read\(" is not a valid regular expression/);
+  });
+
+  it('an empty list permits nothing', () => {
+    assert.equal(denial(policy().evaluate(pod({ role: 'reader' }), allowed([]))).code, 'not-permitted');
+  });
+
+  it('a role name entry without a base ARN denies, saying so', () => {
+    const d = denial(policy({ roleBaseArn: undefined }).evaluate(pod({ role: `${BASE}reader` }), allowed(['reader'])));
+    assert.equal(d.code, 'namespace-invalid-policy');
+    assert.match(d.reason, /entry "reader" is a role name, which needs --role-base-arn/);
+    assert.equal(role(policy({ roleBaseArn: undefined }).evaluate(pod({ role: `${BASE}reader` }), allowed([`${BASE}reader`]))).roleName, 'reader');
+  });
+
+  it('a namespace with neither annotation still permits nothing, and the reason names both', () => {
+    const d = denial(policy().evaluate(pod({ role: 'reader' }), {}));
+    assert.equal(d.code, 'namespace-no-policy');
+    assert.match(d.reason, /iam\.amazonaws\.com\/permitted \(or iam\.amazonaws\.com\/allowed-roles\)/);
+  });
+
+  it('the default role is held to the list too (kube2iam exempted it)', () => {
+    const p = policy({ defaultRole: 'fallback' });
+    assert.equal(denial(p.evaluate(pod(), allowed(['reader']))).code, 'not-permitted');
+    assert.equal(role(p.evaluate(pod(), allowed(['reader', 'fallback']))).roleName, 'fallback');
+  });
+
+  it('the namespace watch keeps the annotation', () => {
+    const slim = slimNamespace({ metadata: { name: 'dev', annotations: { 'iam.amazonaws.com/allowed-roles': '["reader"]', other: 'x' } } });
+    assert.deepEqual(slim.metadata.annotations, { 'iam.amazonaws.com/allowed-roles': '["reader"]' });
   });
 });
