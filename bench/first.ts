@@ -1,0 +1,85 @@
+/**
+ * Section 2, a new pod's first credentials: STS answers after 500 ms; each pod gets a real namespace (so its
+ * requests come through the DNAT), is created in the API by its own client process, and runs the SDK flow 1 s
+ * later — or immediately. Pods run in parallel batches, staggered so that their flows do not overlap.
+ */
+import { Histogram } from './lib/histogram.ts';
+import type { FirstConfig, FirstResult } from './first-cred.ts';
+import { NODE_NAME } from './node.ts';
+import { NODE_PODS, roleName, type World } from './world.ts';
+
+export interface FirstVariant {
+  delay_ms: number;
+  pods: number;
+  ok: number;
+  p50_ms: number;
+  p99_ms: number;
+  max_ms: number;
+  /** Per pod: flow ms (NaN when it failed) and the failure. */
+  samples: { flow_ms: number; ok: boolean; steps: FirstResult['steps']; error?: string }[];
+}
+
+export interface FirstSection {
+  sts_delay_ms: number;
+  variants: FirstVariant[];
+}
+
+const STS_DELAY_MS = 500;
+
+export async function firstSection(world: World, opts: { pods: number; batch: number; delays: number[] }, log: (m: string) => void): Promise<FirstSection> {
+  const { node, sb } = world;
+  await node.configureSts({ delayMs: STS_DELAY_MS });
+  await node.startAgent();
+  // A node in its steady state: the agent's own start-up prefetch (110 pods, 8 at a time, 500 ms each) is over.
+  await node.waitForMetric('kiam_credentials_cached_identities', (v) => v >= NODE_PODS, 60_000);
+  const variants: FirstVariant[] = [];
+  let seq = 0;
+  try {
+    for (const delay of opts.delays) {
+      const samples: FirstVariant['samples'] = [];
+      for (let done = 0; done < opts.pods; done += opts.batch) {
+        const n = Math.min(opts.batch, opts.pods - done);
+        const pods = await Promise.all(Array.from({ length: n }, () => sb.addPod({ name: `first-${++seq}` })));
+        // Client processes need ~1 s to start (tsx; several at once on 2 busy cores: allow 5 s), then one pod every
+        // 200 ms, so that no client's start-up or flow overlaps another's measured flow.
+        const base = Date.now() + 5_000;
+        const procs = pods.map((pod, i) => {
+          const cfg: FirstConfig = {
+            control: node.controlPath,
+            pod: { namespace: 'first', name: pod.name, ip: pod.ip, node: NODE_NAME, role: roleName(seq * 7 + i) },
+            delayMs: delay,
+            startAt: base + i * 200,
+          };
+          return node.spawnInPod(pod, 'bench/first-cred.ts', [JSON.stringify(cfg)]);
+        });
+        try {
+          const results = await Promise.all(procs.map(async (p) => (JSON.parse(await p.waitForLine(/^\{"result"/, 30_000)) as { result: FirstResult }).result));
+          for (const r of results) {
+            samples.push({ flow_ms: r.flowMs, ok: r.ok, steps: r.steps, ...(r.error ? { error: r.error } : {}) });
+            if (r.lateMs > 50) log(`first: a client started ${r.lateMs} ms late`);
+          }
+        } finally {
+          await Promise.all(pods.map((p) => sb.removePod(p)));
+          await node.deletePods(pods.map((p) => ({ namespace: 'first', name: p.name })));
+        }
+      }
+      const h = new Histogram();
+      for (const s of samples) if (s.ok) h.record(Math.round(s.flow_ms * 1000));
+      const v: FirstVariant = {
+        delay_ms: delay,
+        pods: samples.length,
+        ok: samples.filter((s) => s.ok).length,
+        p50_ms: h.percentile(50) / 1000,
+        p99_ms: h.percentile(99) / 1000,
+        max_ms: h.max / 1000,
+        samples,
+      };
+      variants.push(v);
+      log(`first credential, request ${delay} ms after the pod appeared: ${v.ok}/${v.pods} ok, p50 ${v.p50_ms.toFixed(1)} ms, p99 ${v.p99_ms.toFixed(1)} ms`);
+    }
+  } finally {
+    await node.stopAgent();
+    await node.configureSts({ delayMs: 0 });
+  }
+  return { sts_delay_ms: STS_DELAY_MS, variants };
+}
