@@ -1,10 +1,14 @@
 import { Command, CommanderError, Option } from 'commander';
 import pkg from '../package.json' with { type: 'json' };
+import { translatePeerArgs } from './cli-aliases.ts';
 import { buildConfig, ConfigError, DEFAULTS, type Config, type RawOptions } from './config.ts';
+import { DOCTOR_DEFAULTS, parseDoctorOptions, type DoctorOptions, type RawDoctorOptions } from './doctor/options.ts';
 
 export type Invocation =
-  | { kind: 'agent'; config: Config }
+  /** warnings: peer (kiam, kube2iam) flags accepted but ignored, for the agent to log at start-up. */
+  | { kind: 'agent'; config: Config; warnings: string[] }
   | { kind: 'iptables'; action: 'install' | 'remove' | 'status'; config: Config; json: boolean }
+  | { kind: 'doctor'; options: DoctorOptions }
   /** Help, version, or a command line error: print `output` (to stderr when code ≠ 0) and exit with `code`. */
   | { kind: 'exit'; code: number; output: string };
 
@@ -41,6 +45,8 @@ function buildProgram(): Command {
     .addOption(new Option('--reconcile-interval <duration>', 'how often the rules are checked and repaired').default(DEFAULTS.reconcileInterval))
     .addOption(new Option('--metadata-endpoint <url>', 'the real metadata service, for pass-through').default(DEFAULTS.metadataEndpoint))
     .addOption(new Option('--allow-route-regexp <regexp>', 'pass-through only paths matching one of these (repeatable; default: all not denied)').argParser(collect))
+    // uswitch/kiam's name: its patterns saw the path with its leading slash (docs/migrate-from-kiam.md).
+    .addOption(new Option('--whitelist-route-regexp <regexp>').argParser(collect).hideHelp())
     .addOption(
       new Option('--deny-route-regexp <regexp>', 'never pass through paths matching these (repeatable; replaces the default)')
         // The first value given replaces the default list; later ones are appended.
@@ -58,6 +64,8 @@ function buildProgram(): Command {
     .option('--sts-endpoint <url>', 'STS endpoint override (private endpoints, tests)')
     .option('--namespace-restriction', 'require the namespace annotation iam.amazonaws.com/permitted to allow the role (default: on)')
     .option('--no-namespace-restriction', 'do not require the namespace annotation iam.amazonaws.com/permitted')
+    // kube2iam's: how the namespace annotation iam.amazonaws.com/allowed-roles is matched (docs/migrate-from-kube2iam.md).
+    .addOption(new Option('--namespace-restriction-format <format>').choices(['glob', 'regexp']).default(DEFAULTS.namespaceRestrictionFormat).hideHelp())
     .addOption(new Option('--pod-wait-timeout <duration>', 'how long a request from an unknown IP waits for the watch').default(DEFAULTS.podWaitTimeout))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))
     .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(DEFAULTS.logFormat));
@@ -73,6 +81,17 @@ function buildProgram(): Command {
     interceptionOptions(sub, false);
     sub.option('--json', 'machine-readable output', false);
   }
+
+  program
+    .command('doctor')
+    .description("check this node's kiam set-up and what the running agent sees (run on the node or in the agent pod); exit 1 when something is wrong")
+    .addOption(new Option('--metrics-port <port>', "the running agent's metrics port, read on 127.0.0.1 (/debug/state)").default(DOCTOR_DEFAULTS.metricsPort))
+    .addOption(new Option('--host-interface <pattern>', 'pattern(s) to check against this node\'s interfaces, repeatable (default: the running agent\'s)').argParser(collect))
+    .addOption(new Option('--iptables-backend <backend>', "backend to read the rules with (default: the running agent's, else auto)").choices(['auto', 'nft', 'legacy']))
+    .option('--kubeconfig <path>', "kubeconfig for the API server check (default: the running agent's, else in-cluster)")
+    .addOption(new Option('--metadata-endpoint <url>', 'the instance metadata service to check').default(DOCTOR_DEFAULTS.metadataEndpoint))
+    .addOption(new Option('--timeout <duration>', 'time budget of each network check').default(DOCTOR_DEFAULTS.timeout))
+    .option('--json', 'machine-readable output', false);
   return program;
 }
 
@@ -89,8 +108,13 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv = proces
   }
 
   let result: Invocation | undefined;
-  program.commands.find((c) => c.name() === 'agent')!.action((opts: RawOptions) => {
-    result = { kind: 'agent', config: buildConfig(opts, env, 'agent') };
+  const agent = program.commands.find((c) => c.name() === 'agent')!;
+  // kiam's and kube2iam's flag names → ours (src/cli-aliases.ts).
+  const peer = translatePeerArgs(argv, new Map(agent.options.map((o) => [o.long!, { takesValue: !o.isBoolean() }])));
+  if (peer.errors.length) return { kind: 'exit', code: 2, output: peer.errors.map((p) => `error: ${p}`).join('\n') + '\n' };
+  argv = peer.argv;
+  agent.action((opts: RawOptions) => {
+    result = { kind: 'agent', config: buildConfig(opts, env, 'agent'), warnings: peer.warnings };
   });
   const iptables = program.commands.find((c) => c.name() === 'iptables')!;
   for (const leaf of iptables.commands) {
@@ -104,6 +128,10 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv = proces
       result = { kind: 'iptables', action, config, json: Boolean(opts.json) };
     });
   }
+
+  program.commands.find((c) => c.name() === 'doctor')!.action((opts: RawDoctorOptions) => {
+    result = { kind: 'doctor', options: parseDoctorOptions(opts) };
+  });
 
   try {
     if (argv.length === 0) return { kind: 'exit', code: 2, output: program.helpInformation() };

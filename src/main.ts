@@ -4,7 +4,9 @@
  * metadata server listening → interception rules installed (only once we can answer) → ready.
  * Shutdown runs the same steps backwards under a hard deadline.
  */
+import { readdirSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
+import pkg from '../package.json' with { type: 'json' };
 import { AwsStsGateway } from './cache/sts.ts';
 import { CredentialCache } from './cache/credentials.ts';
 import { Prefetcher } from './cache/prefetch.ts';
@@ -24,6 +26,10 @@ import { buildApp } from './server/app.ts';
 import { buildOpsApp } from './server/ops.ts';
 import { createTokenService } from './server/tokens.ts';
 import { autodetectRoleBaseArn, createUpstream } from './server/upstream.ts';
+import { collectDebugState, type DebugSources } from './doctor/state.ts';
+import { exitCode as doctorExitCode, fetchHttp, renderText, runDoctor } from './doctor/run.ts';
+import type { DoctorOptions } from './doctor/options.ts';
+import { kubeGetJson } from './resolver/kube.ts';
 
 /** The agent must be gone within 10 s of SIGTERM; stop hooks get a little less, the hard exit the rest. */
 const SHUTDOWN_DEADLINE_MS = 8_000;
@@ -48,8 +54,9 @@ async function createLogger(config: Pick<Config, 'logLevel' | 'logFormat' | 'nod
   return pino(options, pretty({ colorize: process.stdout.isTTY, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
 }
 
-async function runAgent(config: Config): Promise<number> {
+async function runAgent(config: Config, warnings: readonly string[] = []): Promise<number> {
   const logger = await createLogger(config);
+  for (const warning of warnings) logger.warn(warning);
   const clock = systemClock;
   const metrics = createMetrics({ defaultMetrics: true });
   const lifecycle = new Lifecycle(logger, SHUTDOWN_DEADLINE_MS);
@@ -79,15 +86,22 @@ async function runAgent(config: Config): Promise<number> {
     process.once('SIGINT', () => shutdown('SIGINT'));
   });
 
+  const readiness = () => {
+    const checks = { watch: resolverReady(), serving: state.serving, rules: rulesReady() };
+    return { ready: checks.watch && checks.serving && checks.rules, checks };
+  };
+  /** What /debug/state reports; the sources are filled in as the components start. */
+  const debug: DebugSources = {
+    version: pkg.version,
+    startedAt: clock.now(),
+    now: () => clock.now(),
+    config,
+    readiness,
+    rules: () => ({ enabled: config.iptables, backend: null, backendReason: null, chain: DEFAULT_CHAIN, present: false }),
+  };
+
   try {
-    const ops = buildOpsApp({
-      metrics,
-      logger,
-      readiness: () => {
-        const checks = { watch: resolverReady(), serving: state.serving, rules: rulesReady() };
-        return { ready: checks.watch && checks.serving && checks.rules, checks };
-      },
-    });
+    const ops = buildOpsApp({ metrics, logger, readiness, debugState: () => collectDebugState(debug) });
     await ops.listen({ host: '0.0.0.0', port: config.metricsPort });
     lifecycle.onStop('metrics server', () => ops.close());
 
@@ -105,11 +119,13 @@ async function runAgent(config: Config): Promise<number> {
       sts.destroy();
     });
     const prefetcher = new Prefetcher({ cache, logger });
+    debug.identities = () => cache.snapshot();
 
     const policy = new Policy({
       roleBaseArn,
       defaultRole: config.defaultRole,
       namespaceRestriction: config.namespaceRestriction,
+      allowedRolesFormat: config.allowedRolesFormat,
       sessionNameTemplate: config.sessionNameTemplate,
       nodeName: config.nodeName,
     });
@@ -118,6 +134,7 @@ async function runAgent(config: Config): Promise<number> {
     const resolver = new Resolver({ pods, namespaces, policy, clock, metrics, logger, podWaitMs: config.podWaitMs });
     resolver.onIdentity((podUid, lookup) => prefetcher.podIdentity(podUid, lookup?.kind === 'role' ? lookup.identity : undefined));
     resolverReady = () => resolver.ready();
+    debug.pods = () => resolver.currentIdentities().values();
     resolver.start();
     lifecycle.onStop('pod watch', async () => {
       prefetcher.stop();
@@ -146,6 +163,8 @@ async function runAgent(config: Config): Promise<number> {
     if (config.iptables) {
       const runner = spawnRunner();
       const backend = await detectBackend(runner, config.iptablesBackend);
+      logger.info({ backend: backend.name, reason: backend.reason }, 'iptables backend');
+      if (backend.warning) logger.warn(backend.warning);
       for (const warning of netfilterBypassWarnings()) logger.warn(warning);
       const reconciler = new RuleReconciler({
         runner,
@@ -167,6 +186,7 @@ async function runAgent(config: Config): Promise<number> {
       await reconciler.install();
       reconciler.start();
       rulesReady = () => reconciler.present;
+      debug.rules = () => ({ enabled: true, backend: backend.name, backendReason: backend.reason, chain: DEFAULT_CHAIN, present: reconciler.present });
     }
     state.serving = true;
     logger.info('ready');
@@ -237,6 +257,22 @@ async function runIptables(inv: Extract<Invocation, { kind: 'iptables' }>): Prom
   return status.inSync ? 0 : 1;
 }
 
+/** `kiam doctor`: the real ports (iptables, fetch, /sys/class/net, the kubeconfig) around runDoctor. */
+async function runDoctorCommand(options: DoctorOptions): Promise<number> {
+  const report = await runDoctor(options, {
+    runner: spawnRunner(),
+    http: fetchHttp,
+    listInterfaces: () => readdirSync('/sys/class/net'),
+    kube: (path) => {
+      const kc = loadKubeConfig(path);
+      return { server: kc.getCurrentCluster()!.server, get: (p, timeoutMs) => kubeGetJson(kc, p, AbortSignal.timeout(timeoutMs)) };
+    },
+    now: () => systemClock.now(),
+  });
+  process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderText(report));
+  return doctorExitCode(report);
+}
+
 async function main(): Promise<void> {
   const inv = parseCommandLine(process.argv.slice(2));
   switch (inv.kind) {
@@ -247,8 +283,11 @@ async function main(): Promise<void> {
     case 'iptables':
       process.exitCode = await runIptables(inv);
       return;
+    case 'doctor':
+      process.exitCode = await runDoctorCommand(inv.options);
+      return;
     case 'agent':
-      process.exitCode = await runAgent(inv.config);
+      process.exitCode = await runAgent(inv.config, inv.warnings);
       // Sockets, watches and timers are closed; exit now rather than wait on a straggling handle.
       process.exit();
   }

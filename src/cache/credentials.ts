@@ -89,6 +89,27 @@ export function refreshDelayMs(lifetimeMs: number, floorMs: number): number {
   return Math.max(MIN_REFRESH_MS, Math.min(lifetimeMs / 2, lifetimeMs - floorMs - REFRESH_SLACK_MS));
 }
 
+/** One identity as CredentialCache.snapshot() reports it (times in epoch ms). */
+export interface IdentitySnapshot {
+  roleArn: string;
+  sessionName: string;
+  /** Whether an external ID is part of the identity (its value is not reported). */
+  externalId: boolean;
+  /** Live pods retaining the identity (0: kept only while its credentials last). */
+  users: number;
+  /** An STS call for it is running. */
+  fetching: boolean;
+  accessKeyId?: string;
+  expiration?: number;
+  lastUpdated?: number;
+  /** Served until then (expiration minus the floor); a refresh must land before. */
+  servableUntil?: number;
+  /** Next background refresh or retry (retained identities only). */
+  refreshAt?: number;
+  /** The last failed STS call, while it is the latest outcome. */
+  lastError?: { code: string; message: string; failures: number; retryAt: number };
+}
+
 type FetchReason = 'request' | 'prefetch' | 'refresh' | 'retry';
 
 interface Entry {
@@ -181,6 +202,34 @@ export class CredentialCache {
   /** Number of identities known (retained or holding credentials). */
   get size(): number {
     return this.entries.size;
+  }
+
+  /**
+   * A read-only picture of every identity for the debug endpoint: never the secret key or the session token,
+   * and not the external ID's value (only whether there is one). Off the request path; O(identities).
+   */
+  snapshot(): IdentitySnapshot[] {
+    const out: IdentitySnapshot[] = [];
+    for (const entry of this.entries.values()) {
+      const { identity, creds, failure } = entry;
+      const item: IdentitySnapshot = {
+        roleArn: identity.roleArn,
+        sessionName: identity.sessionName,
+        externalId: identity.externalId !== undefined,
+        users: entry.refs,
+        fetching: entry.inflight !== undefined,
+      };
+      if (creds) {
+        item.accessKeyId = creds.accessKeyId;
+        item.expiration = creds.expiration;
+        item.lastUpdated = creds.lastUpdated;
+        item.servableUntil = creds.expiration - entry.floorMs;
+      }
+      if (entry.refs > 0 && entry.dueAt !== undefined) item.refreshAt = entry.dueAt;
+      if (failure) item.lastError = { code: failure.error.code, message: failure.error.message, failures: entry.failures, retryAt: failure.until };
+      out.push(item);
+    }
+    return out;
   }
 
   /** Cancel every timer and in-flight call; later calls reject with code 'stopped'. Idempotent. */

@@ -16,6 +16,8 @@ export interface Backend {
   restore: string;
   /** Why this backend was chosen, for logs and `kiam iptables status`. */
   reason: string;
+  /** Set when auto-detection had to guess because one backend's save failed (e.g. no CAP_NET_RAW for legacy). */
+  warning?: string;
 }
 
 /** Timeout for each save during detection (iptables-nft 1.8.3 could loop forever). */
@@ -31,7 +33,8 @@ export function backendCommands(name: BackendName, reason: string): Backend {
  * 1. KUBE-IPTABLES-HINT or KUBE-KUBELET-CANARY in `iptables-nft-save -t mangle` → nft;
  * 2. the same chains in `iptables-legacy-save` (whole output: `-t mangle` would create the legacy table) → legacy;
  * 3. otherwise the backend with more rules wins, a tie goes to nft.
- * A save that fails (binary missing, …) counts as zero rules; if neither save runs at all, detection fails.
+ * A save that fails (binary missing, no CAP_NET_RAW for legacy, …) counts as zero rules, and the result carries a
+ * warning saying so; if neither save runs at all, detection fails.
  */
 export async function detectBackend(runner: CommandRunner, choice: IptablesBackendChoice): Promise<Backend> {
   if (choice === 'nft' || choice === 'legacy') return backendCommands(choice, `chosen with --iptables-backend=${choice}`);
@@ -55,7 +58,16 @@ export async function detectBackend(runner: CommandRunner, choice: IptablesBacke
   const legacyRules = legacy.code === 0 ? countRules(legacy.stdout) : 0;
   const nftRules = nft.code === 0 ? countRules(nft.stdout) : 0;
   const counts = `legacy ${legacyRules} rule(s), nft ${nftRules}`;
-  return legacyRules > nftRules ? backendCommands('legacy', `more legacy rules (${counts})`) : backendCommands('nft', `nft by rule count (${counts})`);
+  const backend =
+    legacyRules > nftRules ? backendCommands('legacy', `more legacy rules (${counts})`) : backendCommands('nft', `nft by rule count (${counts})`);
+  const failed = legacy.code !== 0 ? ['iptables-legacy-save', legacy] as const : nft.code !== 0 ? ['iptables-nft-save', nft] as const : undefined;
+  if (!failed) return backend;
+  return {
+    ...backend,
+    warning:
+      `${failed[0]} failed (exit ${failed[1].code}: ${firstLine(failed[1].stderr)}), so its rules were not counted and ${backend.name} was chosen; ` +
+      `if the node uses the other backend, the rules will not apply: give the agent CAP_NET_RAW (legacy needs it) or set --iptables-backend`,
+  };
 }
 
 /** Rules (lines starting with `-`) in iptables-save output. */

@@ -347,3 +347,53 @@ describe('iptables subcommands (parsed only: nothing here runs iptables)', () =>
     assert.match(output, /--node-name/);
   });
 });
+
+describe('doctor', () => {
+  function doctorOf(inv: Invocation) {
+    assert.equal(inv.kind, 'doctor', inv.kind === 'exit' ? inv.output : inv.kind);
+    return (inv as Extract<Invocation, { kind: 'doctor' }>).options;
+  }
+
+  test('no flags: the agent decides interfaces, backend and kubeconfig; the rest has defaults', () => {
+    assert.deepEqual(doctorOf(parseCommandLine(['doctor'], {})), { metricsPort: 9620, metadataEndpoint: 'http://169.254.169.254', json: false, timeoutMs: 3000 });
+  });
+
+  test('every flag reaches the options', () => {
+    const options = doctorOf(
+      parseCommandLine(
+        ['doctor', '--metrics-port', '9700', '--host-interface', 'cali+', '--host-interface', '!eth0', '--iptables-backend', 'legacy', '--kubeconfig', '/k',
+          '--metadata-endpoint', 'http://127.0.0.1:1234', '--json', '--timeout', '1s'],
+        {},
+      ),
+    );
+    assert.deepEqual(options, { metricsPort: 9700, hostInterfaces: ['cali+', '!eth0'], iptablesBackend: 'legacy', kubeconfig: '/k', metadataEndpoint: 'http://127.0.0.1:1234', json: true, timeoutMs: 1000 });
+  });
+
+  test('help lists its flags with their defaults', () => {
+    const { code, output } = exitOf(parseCommandLine(['doctor', '--help'], {}));
+    assert.equal(code, 0);
+    for (const flag of ['--metrics-port', '--host-interface', '--iptables-backend', '--kubeconfig', '--metadata-endpoint', '--json', '--timeout']) {
+      assert.ok(helpEntry(output, flag), `doctor help lists ${flag}`);
+    }
+    assert.ok(helpEntry(output, '--metrics-port')!.includes('9620'));
+    assert.ok(helpEntry(output, '--timeout')!.includes('3s'));
+    assert.match(exitOf(parseCommandLine(['--help'], {})).output, /\bdoctor\b/);
+  });
+
+  const bad: [string[], string][] = [
+    [['doctor', '--metrics-port', 'x'], '--metrics-port'],
+    [['doctor', '--host-interface', 'a b'], '--host-interface'],
+    [['doctor', '--iptables-backend', 'xt'], '--iptables-backend'],
+    [['doctor', '--metadata-endpoint', 'ftp://x'], '--metadata-endpoint'],
+    [['doctor', '--timeout', 'soon'], '--timeout'],
+    [['doctor', '--bogus'], '--bogus'],
+    [['doctor', 'extra'], 'too many arguments'],
+  ];
+  for (const [argv, named] of bad) {
+    test(`kiam ${argv.join(' ')} → exit 2, names ${named}`, () => {
+      const { code, output } = exitOf(parseCommandLine(argv, {}));
+      assert.equal(code, 2);
+      assert.ok(output.includes(named), output);
+    });
+  }
+});

@@ -62,12 +62,16 @@ describe('detectBackend', () => {
       .expect(['iptables-nft-save', '-t', 'mangle'], { stdout: MANGLE_EMPTY })
       .expect(['iptables-legacy-save'], NOT_FOUND)
       .expect(['iptables-nft-save'], { stdout: rules(1) });
-    assert.equal((await detectBackend(runner, 'auto')).name, 'nft');
+    const chosen = await detectBackend(runner, 'auto');
+    assert.equal(chosen.name, 'nft');
+    assert.match(chosen.warning ?? '', /^iptables-legacy-save failed \(exit 127: iptables-legacy-save: command not found\).*CAP_NET_RAW/);
     const other = new ScriptedRunner()
       .expect(['iptables-nft-save', '-t', 'mangle'], { code: 127, stderr: 'iptables-nft-save: command not found' })
       .expect(['iptables-legacy-save'], { stdout: rules(1) })
       .expect(['iptables-nft-save'], { code: 127, stderr: 'iptables-nft-save: command not found' });
-    assert.equal((await detectBackend(other, 'auto')).name, 'legacy');
+    const legacy = await detectBackend(other, 'auto');
+    assert.equal(legacy.name, 'legacy');
+    assert.match(legacy.warning ?? '', /^iptables-nft-save failed \(exit 127/);
     runner.assertDone();
     other.assertDone();
   });

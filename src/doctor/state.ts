@@ -1,0 +1,202 @@
+/**
+ * The debug state: what the running agent reports on GET /debug/state (metrics port, loopback clients only)
+ * and what `kiam doctor` reads. Both sides of that wire contract live here. Never a secret key, a session
+ * token or an external ID's value; times are ISO 8601 strings.
+ *
+ * collectDebugState() is pure over small sources that main.ts fills in as the agent starts: a source not
+ * there yet (the agent is still starting) is reported as null.
+ */
+import type { IdentitySnapshot } from '../cache/credentials.ts';
+import type { Config } from '../config.ts';
+import type { Lookup } from '../resolver/types.ts';
+
+export const DEBUG_STATE_PATH = '/debug/state';
+/** Bumped when a field changes meaning or goes away (adding fields does not bump it). */
+export const DEBUG_STATE_SCHEMA = 1;
+
+export interface DebugConfig {
+  nodeName: string;
+  hostIp: string | null;
+  port: number;
+  metricsPort: number;
+  /** The kubeconfig path, or null for in-cluster. */
+  kubeconfig: string | null;
+  iptables: boolean;
+  hostInterfaces: string[];
+  iptablesBackend: string;
+  removeRulesOnExit: boolean;
+  reconcileIntervalMs: number;
+  metadataEndpoint: string;
+  roleBaseArn: string | null;
+  defaultRole: string | null;
+  namespaceRestriction: boolean;
+  sessionNameTemplate: string;
+  sessionDurationSec: number;
+  /** The region the agent uses for STS (as given; detected from the node's metadata at start when empty). */
+  region: string | null;
+  stsEndpoint: string | null;
+  podWaitMs: number;
+}
+
+export interface DebugRules {
+  /** --iptables */
+  enabled: boolean;
+  /** nft or legacy, once detected. */
+  backend: string | null;
+  backendReason: string | null;
+  chain: string;
+  /** The reconciler's last install or check found the rules in place. */
+  present: boolean;
+}
+
+export interface DebugPod {
+  namespace: string;
+  name: string;
+  ip: string;
+  /** role: gets roleArn; no-role: no annotation and no default role; denied: see reason; */
+  answer: 'role' | 'no-role' | 'denied';
+  roleArn?: string;
+  sessionName?: string;
+  externalId?: boolean;
+  /** denied: the role asked for (as resolved, or the raw annotation when it is malformed). */
+  requestedRole?: string;
+  denialCode?: string;
+  denialReason?: string;
+}
+
+export interface DebugIdentity {
+  roleArn: string;
+  sessionName: string;
+  externalId: boolean;
+  /** Live pods retaining it. */
+  users: number;
+  fetching: boolean;
+  accessKeyId: string | null;
+  expiration: string | null;
+  lastUpdated: string | null;
+  /** Credentials are served until then; a refresh must land before. */
+  servableUntil: string | null;
+  refreshAt: string | null;
+  lastError: { code: string; message: string; failures: number; retryAt: string } | null;
+}
+
+export interface DebugState {
+  schema: number;
+  version: string;
+  time: string;
+  startedAt: string;
+  config: DebugConfig;
+  readiness: { ready: boolean; checks: Record<string, boolean> };
+  rules: DebugRules | null;
+  /** Live pods of this node the resolver indexes; null until the watches have started. */
+  pods: DebugPod[] | null;
+  /** Identities in the credential cache; null until the cache exists. */
+  identities: DebugIdentity[] | null;
+}
+
+export interface DebugSources {
+  version: string;
+  startedAt: number;
+  now: () => number;
+  config: Config;
+  readiness: () => { ready: boolean; checks: Record<string, boolean> };
+  rules?: () => DebugRules;
+  /** The resolver's current answer per live pod (Resolver.currentIdentities()). */
+  pods?: () => Iterable<Lookup>;
+  identities?: () => IdentitySnapshot[];
+}
+
+const iso = (ms: number | undefined): string | null => (ms === undefined || !Number.isFinite(ms) ? null : new Date(ms).toISOString());
+
+export function debugConfig(config: Config): DebugConfig {
+  return {
+    nodeName: config.nodeName,
+    hostIp: config.hostIp ?? null,
+    port: config.port,
+    metricsPort: config.metricsPort,
+    kubeconfig: config.kubeconfig ?? null,
+    iptables: config.iptables,
+    hostInterfaces: [...config.hostInterfaces],
+    iptablesBackend: config.iptablesBackend,
+    removeRulesOnExit: config.removeRulesOnExit,
+    reconcileIntervalMs: config.reconcileIntervalMs,
+    metadataEndpoint: config.metadataEndpoint,
+    roleBaseArn: config.roleBaseArn ?? null,
+    defaultRole: config.defaultRole ?? null,
+    namespaceRestriction: config.namespaceRestriction,
+    sessionNameTemplate: config.sessionNameTemplate,
+    sessionDurationSec: config.sessionDurationSec,
+    region: config.region || null,
+    stsEndpoint: config.stsEndpoint ?? null,
+    podWaitMs: config.podWaitMs,
+  };
+}
+
+export function debugPod(lookup: Lookup): DebugPod | undefined {
+  switch (lookup.kind) {
+    case 'role': {
+      const { pod, identity } = lookup;
+      return { namespace: pod.namespace, name: pod.name, ip: pod.ip, answer: 'role', roleArn: identity.roleArn, sessionName: identity.sessionName, externalId: identity.externalId !== undefined };
+    }
+    case 'no-role':
+      return { namespace: lookup.pod.namespace, name: lookup.pod.name, ip: lookup.pod.ip, answer: 'no-role' };
+    case 'denied': {
+      const { pod } = lookup;
+      return {
+        namespace: pod.namespace,
+        name: pod.name,
+        ip: pod.ip,
+        answer: 'denied',
+        ...(lookup.role !== undefined ? { requestedRole: lookup.role } : {}),
+        denialCode: lookup.code,
+        denialReason: lookup.reason,
+      };
+    }
+    default:
+      return undefined;
+  }
+}
+
+export function debugIdentity(s: IdentitySnapshot): DebugIdentity {
+  return {
+    roleArn: s.roleArn,
+    sessionName: s.sessionName,
+    externalId: s.externalId,
+    users: s.users,
+    fetching: s.fetching,
+    accessKeyId: s.accessKeyId ?? null,
+    expiration: iso(s.expiration),
+    lastUpdated: iso(s.lastUpdated),
+    servableUntil: iso(s.servableUntil),
+    refreshAt: iso(s.refreshAt),
+    lastError: s.lastError ? { code: s.lastError.code, message: s.lastError.message, failures: s.lastError.failures, retryAt: iso(s.lastError.retryAt)! } : null,
+  };
+}
+
+const byName = (a: DebugPod, b: DebugPod) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name);
+
+/** The JSON /debug/state answers with. */
+export function collectDebugState(src: DebugSources): DebugState {
+  let pods: DebugPod[] | null = null;
+  if (src.pods) {
+    pods = [];
+    for (const lookup of src.pods()) {
+      const pod = debugPod(lookup);
+      if (pod) pods.push(pod);
+    }
+    pods.sort(byName);
+  }
+  const identities = src.identities ? src.identities().map(debugIdentity) : null;
+  identities?.sort((a, b) => a.roleArn.localeCompare(b.roleArn) || a.sessionName.localeCompare(b.sessionName));
+  return {
+    schema: DEBUG_STATE_SCHEMA,
+    version: src.version,
+    time: iso(src.now())!,
+    startedAt: iso(src.startedAt)!,
+    config: debugConfig(src.config),
+    readiness: src.readiness(),
+    rules: src.rules ? src.rules() : null,
+    pods,
+    identities,
+  };
+}
