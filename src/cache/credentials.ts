@@ -173,6 +173,19 @@ export class CredentialCache {
     return signal ? raceAbort(shared, signal) : shared;
   }
 
+  /**
+   * The hit get() would resolve with at once (counted as a hit), or undefined when get() would wait or reject;
+   * never starts a fetch. Synchronous and allocation-free: the server's warm path. The same object is returned
+   * until new credentials replace it, so callers may memoise what they derive from it.
+   */
+  peek(identity: CacheIdentity): CachedCredentials | undefined {
+    if (this.stopped) return undefined;
+    const entry = this.entries.get(identity.key);
+    const creds = entry && this.usable(entry, this.deps.clock.now());
+    if (creds) this.deps.metrics.cacheHits.inc();
+    return creds;
+  }
+
   /** Start fetching an identity nobody is waiting for yet (no-op when servable or backing off). Never rejects. */
   async prefetch(identity: CacheIdentity): Promise<void> {
     if (this.stopped) return;

@@ -178,6 +178,14 @@ export class Resolver {
     return m.kind === 'pod' ? m.pod.uid : undefined;
   }
 
+  /**
+   * What lookup() answers at once for an IP the index holds (without waiting, counting or logging); undefined
+   * for an IP it does not (lookup() then waits and looks it up). Synchronous: the server's warm path.
+   */
+  peek(rawIp: string): Lookup | undefined {
+    return this.fromIndex(normalizeIp(rawIp));
+  }
+
   async lookup(rawIp: string): Promise<Lookup> {
     const ip = normalizeIp(rawIp);
     try {

@@ -1,4 +1,6 @@
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -6,7 +8,7 @@ import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import { classify } from './paths.ts';
 import type { CredentialProvider, IdentityLookup } from './ports.ts';
-import { createIamHandler } from './routes/credentials.ts';
+import { CREDENTIALS_PATH, createIamHandler } from './routes/credentials.ts';
 import { createPassthroughHandler } from './routes/passthrough.ts';
 import { errorPage, sendError } from './routes/respond.ts';
 import { createTokenHandler } from './routes/token.ts';
@@ -51,17 +53,66 @@ const TOKEN_HEADER = 'x-aws-ec2-metadata-token';
 const PRESSURE_CODE = 'FST_UNDER_PRESSURE';
 
 /** The client's address from the socket, with IPv4-mapped IPv6 (`::ffff:10.0.0.1`) reduced to IPv4. */
-export function sourceIp(request: FastifyRequest): string {
+export function sourceIp(request: Pick<FastifyRequest, 'socket'>): string {
   const addr = request.socket.remoteAddress ?? '';
   return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
 }
+
+/** What serverFactory receives from fastify: its options with the defaults applied. */
+type ServerFactoryOptions = Pick<FastifyServerOptions, 'keepAliveTimeout' | 'requestTimeout' | 'connectionTimeout' | 'maxRequestsPerSocket'>;
 
 export function buildApp(deps: AppDeps): FastifyInstance {
   const { lookup, tokens, metrics, logger } = deps;
   const pressure = deps.underPressure ?? DEFAULT_UNDER_PRESSURE;
   const retryAfter = String(pressure.retryAfter ?? 10);
 
+  /**
+   * The warm path, before fastify: a plain GET of exactly CREDENTIALS_PATH or CREDENTIALS_PATH + role from a pod
+   * already indexed with a role, with a valid token or none, and (for the document) cached credentials gets
+   * the response rendered once for those credentials, counted, timed and logged as fastify's path would.
+   * Anything else, or any doubt (closing, under pressure, an error), goes to fastify, which answers it in full.
+   */
+  let closing = false;
+  const listingTimer = metrics.requestDuration.labels({ handler: 'listing', code: '200' });
+  const documentTimer = metrics.requestDuration.labels({ handler: 'credentials', code: '200' });
+  const peek = lookup.peek?.bind(lookup);
+  function warm(req: IncomingMessage, res: ServerResponse): boolean {
+    const url = req.url;
+    if (peek === undefined || closing || req.method !== 'GET' || url === undefined || !url.startsWith(CREDENTIALS_PATH)) return false;
+    const start = performance.now();
+    try {
+      // under-pressure's own verdict (decorated once it is registered; the server only listens after that).
+      if (app.isUnderPressure()) return false;
+      const ip = sourceIp(req);
+      const found = peek(ip);
+      if (found?.kind !== 'role') return false;
+      const token = req.headers[TOKEN_HEADER];
+      if (token !== undefined && tokens.verify(String(token), ip, found.pod.uid) !== 'ok') return false;
+      const answer = iam.cached(url, ip, found);
+      if (answer === undefined) return false;
+      res.writeHead(200, answer.headers as string[]);
+      res.end(answer.body);
+      (url.length === CREDENTIALS_PATH.length ? listingTimer : documentTimer).observe((performance.now() - start) / 1000);
+      return true;
+    } catch (err) {
+      if (res.headersSent) throw err;
+      logger.debug({ err: err instanceof Error ? err.message : String(err) }, 'warm path failed; answering through fastify');
+      return false;
+    }
+  }
+
   const app = Fastify({
+    serverFactory: (handler, options: ServerFactoryOptions) => {
+      // As fastify builds its own HTTP/1 server, with the warm path in front of its handler.
+      const server = http.createServer((req, res) => {
+        if (!warm(req, res)) handler(req, res);
+      });
+      if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
+      if (options.requestTimeout !== undefined) server.requestTimeout = options.requestTimeout;
+      if (options.connectionTimeout !== undefined) server.setTimeout(options.connectionTimeout);
+      if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+      return server;
+    },
     logger: false,
     trustProxy: false,
     exposeHeadRoutes: false,
@@ -111,8 +162,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.setNotFoundHandler((request, reply) => sendError(reply, request.method === 'GET' || request.method === 'HEAD' ? 404 : 405));
 
   const handleToken = createTokenHandler({ tokens, lookup, logger });
-  const handleIam = createIamHandler(deps);
+  const iam = createIamHandler(deps);
   const handlePassthrough = createPassthroughHandler(deps);
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
 
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const ip = sourceIp(request);
@@ -137,7 +192,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     }
 
-    if (route.kind === 'iam') return handleIam(request, reply, ip, route.rest);
+    if (route.kind === 'iam') return iam.handle(request, reply, ip, route.rest);
     return handlePassthrough(request, reply, method, route.path, ip);
   }
 

@@ -18,6 +18,11 @@ export interface IdentityLookup {
   lookup(ip: string): Promise<Lookup>;
   /** The uid of the pod that holds this IP right now, without waiting; undefined if none or ambiguous. */
   peekUid(ip: string): string | undefined;
+  /**
+   * The answer lookup() would give at once for a pod already in the index, without waiting, counting or logging;
+   * undefined otherwise (then lookup() decides). Optional: the server's warm path uses it when present.
+   */
+  peek?(ip: string): Lookup | undefined;
 }
 
 export interface Credentials {
@@ -36,4 +41,10 @@ export interface CredentialProvider {
    * be had (STS error, negative cache). Never resolves with credentials below the floor.
    */
   get(identity: RoleIdentity): Promise<Credentials>;
+  /**
+   * The credentials get() would resolve with at once (a cache hit, counted as one), or undefined when get() would
+   * have to wait or reject. The same object for as long as the same credentials are held. Optional: the server's
+   * warm path uses it when present.
+   */
+  peek?(identity: RoleIdentity): Credentials | undefined;
 }

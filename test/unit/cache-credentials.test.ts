@@ -138,6 +138,24 @@ describe('CredentialCache', () => {
     cache.stop();
   });
 
+  it('peek() hands out a hit at once (the same object until new credentials), and never starts a fetch', async () => {
+    const { cache, sts, clock, metrics } = harness();
+    const id = identity();
+    assert.equal(cache.peek(id), undefined, 'unknown identity');
+    assert.equal(sts.calls.length, 0, 'peek does not fetch');
+    assert.equal(cache.size, 0, 'peek does not create entries');
+    const first = await cache.get(id);
+    assert.equal(cache.peek(id), first);
+    assert.equal(cache.peek(id), first);
+    assert.equal(await value(metrics.cacheHits), 2);
+    // Below the 30-minute floor: no hit, as get() would not serve it either.
+    await clock.advance(30 * MIN + 1);
+    assert.equal(cache.peek(id), undefined);
+    assert.equal(await value(metrics.cacheHits), 2);
+    cache.stop();
+    assert.equal(cache.peek(id), undefined, 'stopped');
+  });
+
   it('passes the external ID and keeps identities apart', async () => {
     const { cache, sts } = harness();
     const a = await cache.get(identity('app', 'ext-1'));

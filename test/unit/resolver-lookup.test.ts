@@ -121,6 +121,18 @@ describe('Resolver', () => {
     assert.equal(pods.liveCalls.length, 0);
   });
 
+  it('peek answers an indexed IP like lookup, synchronously, and nothing else', async () => {
+    const p = pod({ role: 'reader' });
+    pods.events!.upsert(p);
+    const peeked = resolver.peek(p.ip);
+    assert.deepEqual(peeked, await resolver.lookup(p.ip));
+    assert.equal(resolver.peek(`::ffff:${p.ip}`), peeked, 'IPv4-mapped IPv6 peer address');
+    assert.equal(resolver.peek('10.9.9.9'), undefined, 'unknown: lookup() waits for it instead');
+    assert.equal(pods.liveCalls.length, 0);
+    pods.events!.upsert({ ...p, phase: 'Succeeded' });
+    assert.equal(resolver.peek(p.ip), undefined, 'a finished pod is not indexed');
+  });
+
   it('an unknown IP waits for the watch and is answered when the pod arrives', async () => {
     const p = pod({ role: 'reader' });
     const answer = resolver.lookup(p.ip);

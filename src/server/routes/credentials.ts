@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Clock } from '../../clock.ts';
 import type { Metrics } from '../../metrics.ts';
-import type { CredentialProvider, Credentials, IdentityLookup, Lookup, RoleIdentity } from '../ports.ts';
+import type { CredentialProvider, Credentials, IdentityLookup, Lookup, PodRef, RoleIdentity } from '../ports.ts';
 import { OnceSet, isoSeconds, sendError, sendText } from './respond.ts';
 
 /**
@@ -32,9 +32,79 @@ export interface IamContext {
 
 type IamHandler = 'iam' | 'info' | 'listing' | 'credentials';
 
-export function createIamHandler(ctx: IamContext) {
-  const served = new OnceSet();
+/**
+ * A response rendered once and sent as it is: the body and its headers (flat name/value list for writeHead).
+ * The body stays a string: node writes a string body together with the head in one write, a Buffer in two.
+ */
+export interface Rendered {
+  readonly body: string;
+  readonly headers: readonly string[];
+}
+
+/** A credential document rendered once per credentials object, with the pods it was logged as served to. */
+interface RenderedDocument extends Rendered {
+  readonly servedTo: Set<string>;
+}
+
+/** The path prefix of the warm path: exactly this spelling, everything else goes through classify(). */
+export const CREDENTIALS_PATH = '/latest/meta-data/iam/security-credentials/';
+/** Role names the warm path may match verbatim (IAM's own alphabet: nothing normalisation would change). */
+const VERBATIM_ROLE = /^[\w+=,.@-]+$/;
+
+function rendered(body: string): Rendered {
+  return { body, headers: ['server', 'EC2ws', 'content-type', 'text/plain', 'content-length', String(Buffer.byteLength(body))] };
+}
+
+export interface IamHandlers {
+  /** Everything under <version>/meta-data/iam/ (rest: the segments after `iam`), through fastify. */
+  handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[]): Promise<FastifyReply>;
+  /**
+   * The warm path, for a raw GET whose target is exactly CREDENTIALS_PATH or CREDENTIALS_PATH + the pod's role:
+   * the finished response when the pod is already indexed with a role (token already checked by the caller) and,
+   * for the document, its credentials are cached; undefined otherwise, and then handle() decides. Answers,
+   * counts and logs exactly as handle() would.
+   */
+  cached(url: string, ip: string, found: Extract<Lookup, { kind: 'role' }>): Rendered | undefined;
+}
+
+export function createIamHandler(ctx: IamContext): IamHandlers {
   const warned = new OnceSet(1000);
+  /** Credentials object → its document: rendered when first served, dropped with the credentials. */
+  const documents = new WeakMap<Credentials, RenderedDocument>();
+  /** Role identity → its listing body. */
+  const listings = new WeakMap<RoleIdentity, Rendered>();
+
+  function documentFor(creds: Credentials): RenderedDocument {
+    let doc = documents.get(creds);
+    if (doc === undefined) {
+      doc = { ...rendered(credentialDocument(creds)), servedTo: new Set() };
+      documents.set(creds, doc);
+    }
+    return doc;
+  }
+
+  function listingFor(identity: RoleIdentity): Rendered {
+    let listing = listings.get(identity);
+    if (listing === undefined) {
+      listing = rendered(identity.roleName);
+      listings.set(identity, listing);
+    }
+    return listing;
+  }
+
+  /** Log at info the first time these credentials go to this pod, at debug afterwards. */
+  function logServed(doc: RenderedDocument, ip: string, pod: PodRef, identity: RoleIdentity, creds: Credentials): void {
+    const first = !doc.servedTo.has(pod.uid);
+    if (!first && !ctx.logger.isLevelEnabled('debug')) return;
+    if (first) doc.servedTo.add(pod.uid);
+    const fields = { ip, pod: pod.name, namespace: pod.namespace, role: identity.roleArn, accessKeyId: creds.accessKeyId };
+    if (first) ctx.logger.info(fields, 'credentials served');
+    else ctx.logger.debug(fields, 'credentials served');
+  }
+
+  function logListing(ip: string, pod: PodRef, identity: RoleIdentity): void {
+    if (ctx.logger.isLevelEnabled('debug')) ctx.logger.debug({ ip, pod: pod.name, namespace: pod.namespace, role: identity.roleArn }, 'role listing');
+  }
 
   function refuse(reply: FastifyReply, found: Exclude<Lookup, { kind: 'role' }>, ip: string, handler: IamHandler): FastifyReply {
     switch (found.kind) {
@@ -54,7 +124,22 @@ export function createIamHandler(ctx: IamContext) {
     }
   }
 
-  return async function handleIam(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[]): Promise<FastifyReply> {
+  function cached(url: string, ip: string, found: Extract<Lookup, { kind: 'role' }>): Rendered | undefined {
+    const { pod, identity } = found;
+    if (url.length === CREDENTIALS_PATH.length) {
+      logListing(ip, pod, identity);
+      return listingFor(identity);
+    }
+    const role = identity.roleName;
+    if (url.length !== CREDENTIALS_PATH.length + role.length || !url.endsWith(role) || !VERBATIM_ROLE.test(role)) return undefined;
+    const creds = ctx.credentials.peek?.(identity);
+    if (creds === undefined) return undefined;
+    const doc = documentFor(creds);
+    logServed(doc, ip, pod, identity, creds);
+    return doc;
+  }
+
+  async function handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[]): Promise<FastifyReply> {
     const first = rest[0]?.toLowerCase();
     let handler: IamHandler;
     if (rest.length === 0) handler = 'iam';
@@ -75,8 +160,8 @@ export function createIamHandler(ctx: IamContext) {
       case 'iam':
         return sendText(reply, 'info\nsecurity-credentials/');
       case 'listing':
-        ctx.logger.debug({ ip, pod: pod.name, namespace: pod.namespace, role: identity.roleArn }, 'role listing');
-        return sendText(reply, identity.roleName);
+        logListing(ip, pod, identity);
+        return sendText(reply, listingFor(identity).body);
       case 'info': {
         const doc = infoDocument(identity, ctx.clock.now());
         if (doc === undefined) {
@@ -102,13 +187,14 @@ export function createIamHandler(ctx: IamContext) {
           else ctx.logger.debug(fields, 'no credentials for pod');
           return sendError(reply, 503);
         }
-        const fields = { ip, pod: pod.name, namespace: pod.namespace, role: identity.roleArn, accessKeyId: creds.accessKeyId };
-        if (served.first(`${pod.uid}\0${creds.accessKeyId}`)) ctx.logger.info(fields, 'credentials served');
-        else ctx.logger.debug(fields, 'credentials served');
-        return sendText(reply, credentialDocument(creds));
+        const doc = documentFor(creds);
+        logServed(doc, ip, pod, identity, creds);
+        return sendText(reply, doc.body);
       }
     }
-  };
+  }
+
+  return { handle, cached };
 }
 
 function document(fields: [string, string][]): string {
