@@ -1,7 +1,7 @@
 /**
  * The benchmark's node: a sandbox node namespace with the same fakes as test/e2e/harness.ts (metadata service on
  * 169.254.169.254:80, the SigV4-checking fake STS) but bench/cluster.ts as the API server (bulk pods, per-client
- * counts), the agent started with the production command (`node bin/kiam.mjs agent …` → dist/kiam.mjs) and
+ * counts), the agent started with the production command (`node <Dockerfile flags> bin/kiam.mjs agent …` → dist/kiam.mjs) and
  * readiness taken from /readyz (so it works at any log level), and pod namespaces with many source IPs.
  */
 import { request } from 'node:http';
@@ -11,6 +11,7 @@ import { AGENT_KEY, BASE_ARN, NODE_NAME, REPO, metricValue, podEnv, type StsCall
 import type { Pod, Sandbox, TrackedProcess } from '../test/e2e/sandbox.ts';
 import type { ClusterStats } from './cluster.ts';
 import type { BenchPod } from './lib/pods.ts';
+import { runtime } from './runtime.ts';
 
 const CURL = '/usr/bin/curl';
 export const AGENT_PORT = 8181;
@@ -96,7 +97,7 @@ export class BenchNode {
     const kubeconfigPath = join(this.sb.tmpDir, `kubeconfig-${client}`);
     writeFileSync(kubeconfigPath, kubeconfig, { mode: 0o600 });
     const argv = [
-      process.execPath, join(REPO, 'bin/kiam.mjs'), 'agent',
+      runtime.node, ...runtime.flags, join(REPO, 'bin/kiam.mjs'), 'agent',
       '--node-name', NODE_NAME,
       '--host-ip', this.sb.hostIp,
       '--port', String(AGENT_PORT),

@@ -119,9 +119,9 @@ export function targets(s: Sections): Target[] {
 
 export function markdown(s: Sections, meta: Record<string, unknown>): string {
   const L: string[] = [];
-  const m = meta as { date: string; quick: boolean; machine: { cpus: number; cpu_model: string; node: string; kernel: string; commit: string; dirty_files: number; loadavg_start: number[]; loadavg_end?: number[] }; agent_log_level: string; command: string };
+  const m = meta as { date: string; quick: boolean; machine: { cpus: number; cpu_model: string; node: string; kernel: string; commit: string; dirty_files: number; loadavg_start: number[]; loadavg_end?: number[] }; agent_log_level: string; command: string; agent_node?: string; agent_command?: string };
   L.push(`# kiam benchmark${m.quick ? ' (quick run: short durations, not for BENCHMARKS.md)' : ''}`, '');
-  L.push(`${m.date} · \`${m.command}\` · ${m.machine.cpus} × ${m.machine.cpu_model} · Node ${m.machine.node} · Linux ${m.machine.kernel} · commit ${m.machine.commit}${m.machine.dirty_files ? ` (+${m.machine.dirty_files} uncommitted files)` : ''} · load average at start ${m.machine.loadavg_start.map((x) => x.toFixed(2)).join(' ')}${m.machine.loadavg_end ? `, at end ${m.machine.loadavg_end.map((x) => x.toFixed(2)).join(' ')}` : ''} · agent: production bundle (\`node bin/kiam.mjs agent\`), log level ${m.agent_log_level}`, '');
+  L.push(`${m.date} · \`${m.command}\` · ${m.machine.cpus} × ${m.machine.cpu_model} · bench on Node ${m.machine.node} · Linux ${m.machine.kernel} · commit ${m.machine.commit}${m.machine.dirty_files ? ` (+${m.machine.dirty_files} uncommitted files)` : ''} · load average at start ${m.machine.loadavg_start.map((x) => x.toFixed(2)).join(' ')}${m.machine.loadavg_end ? `, at end ${m.machine.loadavg_end.map((x) => x.toFixed(2)).join(' ')}` : ''} · agent on Node ${m.agent_node ?? m.machine.node}: production bundle (\`${(m.agent_command ?? 'node bin/kiam.mjs agent').split(' agent ')[0]} agent …\`), log level ${m.agent_log_level}`, '');
   const tg = targets(s);
   if (tg.length) {
     L.push('## Targets', '', '| figure | measured | target | |', '|---|---|---|---|');

@@ -18,6 +18,7 @@ import { footprintSection } from './footprint.ts';
 import { headline, markdown, targets, type Sections } from './report.ts';
 import { stsSection } from './sts.ts';
 import { warmSection } from './warm.ts';
+import { configureRuntime } from './runtime.ts';
 import { createWorld, PREFIX } from './world.ts';
 
 const SECTIONS = ['warm', 'first', 'sts', 'footprint', 'api'] as const;
@@ -42,6 +43,8 @@ Options:
   --quick         short durations for development (results in bench/quick-run.*)
   --out <file>    where to write the JSON summary (the .md goes beside it)
   --no-build      do not run the production build first
+  --node <path>   the Node binary that runs the agent (default: this one); the V8 flags always come from the
+                  Dockerfile's ENTRYPOINT, so the agent runs as the image runs it
   -h, --help      this help
 
 Full run: about 20 minutes. Don't run it on a busy machine: the figures are ratios against a baseline of the
@@ -109,6 +112,7 @@ async function main(): Promise<number> {
         quick: { type: 'boolean', default: false },
         out: { type: 'string' },
         'no-build': { type: 'boolean', default: false },
+        node: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -126,6 +130,12 @@ async function main(): Promise<number> {
   if (unknown.length || only.length === 0) fail(`--only: unknown section(s) ${unknown.join(', ') || '(none given)'}; choose from ${SECTIONS.join(', ')}`);
   const want = (s: Section) => only.includes(s);
   const quick = values.quick;
+  let agentRuntime;
+  try {
+    agentRuntime = configureRuntime(REPO, values.node);
+  } catch (err) {
+    fail(`--node / Dockerfile: ${(err as Error).message}`);
+  }
   const missing = Sandbox.prerequisites(['curl']);
   if (missing.length) fail(`cannot run here: ${missing.join('; ')}`);
 
@@ -145,7 +155,8 @@ async function main(): Promise<number> {
     quick,
     sections: only,
     command: `node --import tsx bench/run.ts${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
-    agent_command: 'node bin/kiam.mjs agent --node-name node-1 --host-ip 10.77.0.1 --port 8181 --kubeconfig … --iptables --host-interface cali+ --role-base-arn … --sts-endpoint … --region eu-west-1',
+    agent_node: agentRuntime.version,
+    agent_command: `node${agentRuntime.flags.map((f) => ` ${f}`).join('')} bin/kiam.mjs agent --node-name node-1 --host-ip 10.77.0.1 --port 8181 --kubeconfig … --iptables --host-interface cali+ --role-base-arn … --sts-endpoint … --region eu-west-1`,
     agent_log_level: `${DEFAULTS.logLevel} (the production default, DEFAULTS.logLevel in src/config.ts; no --log-level flag given)`,
     machine: machine(),
   };

@@ -10,6 +10,7 @@ import { headerPairs } from './lib/http-response.ts';
 import { cpuSeconds } from './lib/procfs.ts';
 import type { SlotKind } from './loadgen.ts';
 import { AGENT_PORT, BASELINE_PORT } from './node.ts';
+import { runtime } from './runtime.ts';
 import { NODE_PODS, runGenerators, splitSlots, type LoadResult, type World } from './world.ts';
 
 export interface WarmRun extends Omit<LoadResult, 'histogram'> {
@@ -40,7 +41,7 @@ export async function warmSection(world: World, opts: { warmupMs: number; durati
   const headers = headerPairs(captured.head);
   const docFile = join(sb.tmpDir, 'document.json');
   writeFileSync(docFile, JSON.stringify({ status: 200, headers, body: captured.body }));
-  const baseline = sb.spawn(sb.nodeNs, [process.execPath, '--import', 'tsx', 'bench/baseline-server.ts', '--host', sb.hostIp, '--port', String(BASELINE_PORT), '--document', docFile], { cwd: process.cwd() });
+  const baseline = sb.spawn(sb.nodeNs, [runtime.node, '--import', 'tsx', 'bench/baseline-server.ts', '--host', sb.hostIp, '--port', String(BASELINE_PORT), '--document', docFile], { cwd: process.cwd() });
   await baseline.waitForLine(/^\{"url"/, 20_000);
 
   const servers = [
