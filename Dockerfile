@@ -46,6 +46,8 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/bin/kiam.mjs ./bin/kiam.mjs
 COPY --from=build /src/dist/kiam.mjs /src/dist/kiam.mjs.map ./dist/
+# `kiam` on the PATH, for `kubectl exec ds/kiam -- kiam doctor` and `kiam iptables status|remove` on a node.
+RUN ln -s /app/bin/kiam.mjs /usr/local/bin/kiam
 
 # Who runs it. The image defaults to an unprivileged user (the base image's `node`, uid 1000), so a bare
 # `docker run` or a pod without a securityContext gets no root. The agent with --iptables needs root inside
