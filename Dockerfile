@@ -69,5 +69,5 @@ USER 1000:1000
 
 # V8 / Node flags: issue 4 (the benchmark) settles these; put them between "node" and the script,
 # e.g. "node", "--enable-source-maps", "/app/bin/kiam.mjs" (the source map ships in dist/).
-ENTRYPOINT ["node", "/app/bin/kiam.mjs"]
+ENTRYPOINT ["node", "--max-semi-space-size=4", "/app/bin/kiam.mjs"]
 CMD ["--help"]
