@@ -356,6 +356,17 @@ describe('the agent DaemonSet', () => {
     assert.ok(mi(limits.memory) >= mi(requests.memory), 'limit ≥ request (both in Mi)');
   });
 
+  test('memory follows the measured footprint (bench/last-run.json): request ≥ RSS after load, limit ≥ 2× the peak', () => {
+    const run = JSON.parse(readFileSync(new URL('../../bench/last-run.json', import.meta.url), 'utf8')) as {
+      rss_mb_after_load: number;
+      footprint: { peak_rss_mb: number };
+    };
+    const mi = (q: string | undefined) => Number(/^(\d+)Mi$/.exec(q ?? '')?.[1] ?? Number.NaN);
+    const { requests = {}, limits = {} } = c.resources ?? {};
+    assert.ok(mi(requests.memory) >= run.rss_mb_after_load, `request ${requests.memory} < measured ${run.rss_mb_after_load} MiB after load`);
+    assert.ok(mi(limits.memory) >= 2 * run.footprint.peak_rss_mb, `limit ${limits.memory} < 2 × measured peak ${run.footprint.peak_rss_mb} MiB`);
+  });
+
   test('runs on every node: tolerates every taint, system-node-critical, Linux nodes only', () => {
     assert.deepEqual(pod.tolerations, [{ operator: 'Exists' }]);
     assert.equal(pod.priorityClassName, 'system-node-critical');
