@@ -7,7 +7,7 @@
 import { request } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AGENT_KEY, BASE_ARN, NODE_NAME, REPO, metricValue, podEnv, type StsCall } from '../test/e2e/harness.ts';
+import { AGENT_KEY, agentEnv, BASE_ARN, NODE_NAME, REPO, metricValue, podEnv, type StsCall } from '../test/e2e/harness.ts';
 import type { Pod, Sandbox, TrackedProcess } from '../test/e2e/sandbox.ts';
 import type { ClusterStats } from './cluster.ts';
 import type { BenchPod } from './lib/pods.ts';
@@ -111,16 +111,7 @@ export class BenchNode {
     const agent = this.sb.spawn(this.sb.nodeNs, argv, {
       cwd: REPO,
       logFile: join(this.sb.tmpDir, `${client}.log`),
-      env: {
-        PATH: process.env.PATH,
-        HOME: this.sb.tmpDir,
-        AWS_ACCESS_KEY_ID: AGENT_KEY.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: AGENT_KEY.secretAccessKey,
-        AWS_EC2_METADATA_DISABLED: 'true',
-        AWS_CONFIG_FILE: '/nonexistent',
-        AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-        NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning',
-      },
+      env: agentEnv(this.sb.tmpDir),
     });
     this.agent = agent;
     const deadline = Date.now() + 30_000;

@@ -39,6 +39,23 @@ export interface StsCall {
   accessKeyId?: string;
 }
 
+/**
+ * The agent's environment in the sandbox: static keys for its own STS identity (the fake STS checks them), the SDK
+ * kept off the instance metadata service and config files, nothing else of this machine's environment.
+ */
+export function agentEnv(home: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: home,
+    AWS_ACCESS_KEY_ID: AGENT_KEY.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: AGENT_KEY.secretAccessKey,
+    AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_CONFIG_FILE: '/nonexistent',
+    AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
+    NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning',
+  };
+}
+
 export class Node {
   agent: TrackedProcess | undefined;
   private constructor(
@@ -82,17 +99,7 @@ export class Node {
     const agent = this.sb.spawn(this.sb.nodeNs, argv, {
       cwd: REPO,
       logFile: join(this.sb.tmpDir, 'agent.log'),
-      env: {
-        PATH: process.env.PATH,
-        HOME: this.sb.tmpDir,
-        AWS_ACCESS_KEY_ID: AGENT_KEY.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: AGENT_KEY.secretAccessKey,
-        AWS_EC2_METADATA_DISABLED: 'true',
-        AWS_CONFIG_FILE: '/nonexistent',
-        AWS_SHARED_CREDENTIALS_FILE: '/nonexistent',
-        NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning',
-        ...env,
-      },
+      env: { ...agentEnv(this.sb.tmpDir), ...env },
     });
     this.agent = agent;
     await agent.waitForLine((line) => logMsg(line) === 'ready', 30_000);

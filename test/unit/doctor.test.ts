@@ -33,36 +33,14 @@ import type { Lookup } from '../../src/resolver/types.ts';
 import { FakeClock, settle } from '../fakes/clock.ts';
 import { ScriptedRunner } from '../fakes/runner.ts';
 import { ScriptedSts } from '../fakes/sts.ts';
+import { printedRule, savedNat } from '../fakes/iptables-save.ts';
 
 const NOW = Date.parse('2026-11-28T07:00:00Z');
 const MIN = 60_000;
 const BASE = 'arn:aws:iam::123456789012:role/';
-const COMMENT = '-m comment --comment "kiam: metadata to agent"';
 const SPEC: Required<RuleSpec> = { hostIp: '10.0.1.23', port: 8181, hostInterfaces: ['cali+'], chain: 'KIAM-METADATA' };
 
-/** Our DNAT rule as iptables-save prints it back. */
-function printed(iface: string, target = '10.0.1.23:8181'): string {
-  const match = iface.startsWith('!') ? `! -i ${iface.slice(1)}` : `-i ${iface}`;
-  return `-A KIAM-METADATA -d 169.254.169.254/32 ${match} -p tcp -m tcp --dport 80 ${COMMENT} -j DNAT --to-destination ${target}`;
-}
-
-function savedNat(options: { chain?: boolean; rules?: string[]; prerouting?: string[] } = {}): string {
-  const { chain = true, rules = [], prerouting = [] } = options;
-  return [
-    '*nat',
-    ':PREROUTING ACCEPT [0:0]',
-    ':INPUT ACCEPT [0:0]',
-    ':OUTPUT ACCEPT [0:0]',
-    ':POSTROUTING ACCEPT [0:0]',
-    ...(chain ? [':KIAM-METADATA - [0:0]'] : []),
-    ...prerouting.map((r) => `-A PREROUTING ${r}`),
-    ...rules,
-    'COMMIT',
-    '',
-  ].join('\n');
-}
-
-const INSTALLED = savedNat({ rules: [printed('cali+')], prerouting: ['-j KIAM-METADATA'] });
+const INSTALLED = savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KIAM-METADATA'] });
 
 function only(rows: CheckRow[], id: string): CheckRow {
   const found = rows.filter((r) => r.id === id);
@@ -257,7 +235,7 @@ describe('chain and jump', () => {
   });
 
   it('FAIL on a missing jump, with how the agent repairs it and the command to reinstall', () => {
-    const rows = inspectRules(savedNat({ rules: [printed('cali+')] }), SPEC, 3_600_000);
+    const rows = inspectRules(savedNat({ rules: [printedRule('cali+')] }), SPEC, 3_600_000);
     const jump = only(rows, 'iptables.jump');
     assert.equal(jump.status, 'fail');
     assert.match(jump.detail, /PREROUTING does not jump to KIAM-METADATA/);
@@ -274,7 +252,7 @@ describe('chain and jump', () => {
   });
 
   it('FAIL when the chain differs from what the agent would install (other host IP)', () => {
-    const rows = inspectRules(savedNat({ rules: [printed('cali+', '10.0.9.9:8181')], prerouting: ['-j KIAM-METADATA'] }), SPEC);
+    const rows = inspectRules(savedNat({ rules: [printedRule('cali+', '10.0.9.9:8181')], prerouting: ['-j KIAM-METADATA'] }), SPEC);
     const chain = only(rows, 'iptables.chain');
     assert.equal(chain.status, 'fail');
     assert.match(chain.detail, /10\.0\.9\.9:8181/);
@@ -282,15 +260,15 @@ describe('chain and jump', () => {
   });
 
   it('WARN on a duplicated jump, FAIL on a modified one', () => {
-    assert.equal(only(inspectRules(savedNat({ rules: [printed('cali+')], prerouting: ['-j KIAM-METADATA', '-j KIAM-METADATA'] }), SPEC), 'iptables.jump').status, 'warn');
-    const modified = only(inspectRules(savedNat({ rules: [printed('cali+')], prerouting: ['-i eth9 -j KIAM-METADATA'] }), SPEC), 'iptables.jump');
+    assert.equal(only(inspectRules(savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KIAM-METADATA', '-j KIAM-METADATA'] }), SPEC), 'iptables.jump').status, 'warn');
+    const modified = only(inspectRules(savedNat({ rules: [printedRule('cali+')], prerouting: ['-i eth9 -j KIAM-METADATA'] }), SPEC), 'iptables.jump');
     assert.equal(modified.status, 'fail');
     assert.match(modified.detail, /-i eth9/);
   });
 
   it('WARN on another interceptor of 169.254.169.254 ahead of ours (kube2iam left behind)', () => {
     const kube2iam = '-d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.23:8181';
-    const rows = inspectRules(savedNat({ rules: [printed('cali+')], prerouting: ['-j KUBE-SERVICES', kube2iam, '-j KIAM-METADATA'] }), SPEC);
+    const rows = inspectRules(savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KUBE-SERVICES', kube2iam, '-j KIAM-METADATA'] }), SPEC);
     const competing = only(rows, 'iptables.competing');
     assert.equal(competing.status, 'warn');
     assert.match(competing.detail, /#2 /);
@@ -523,7 +501,7 @@ describe('runDoctor', () => {
   });
 
   it('a missing jump: exit 1 and the text report carries the FAIL row and its fix', async () => {
-    const report = await runDoctor(OPTIONS, ports({ save: savedNat({ rules: [printed('cali+')] }) }));
+    const report = await runDoctor(OPTIONS, ports({ save: savedNat({ rules: [printedRule('cali+')] }) }));
     assert.equal(exitCode(report), 1);
     const text = renderText(report);
     assert.match(text, /^FAIL\s+PREROUTING jump\s+PREROUTING does not jump to KIAM-METADATA: metadata traffic is not intercepted$/m);
