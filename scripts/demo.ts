@@ -86,7 +86,13 @@ async function main(): Promise<void> {
     }
     say();
 
-    say(bold('6. SIGTERM: the agent drains and exits; the rules stay, so pods fail closed'));
+    say(bold('6. `kiam doctor` on the node: the rules, the interfaces, the metadata service, the API server, what the agent sees'));
+    const doctor = await node.kiam(['doctor', '--metadata-endpoint', 'http://169.254.169.254']);
+    for (const line of doctor.stdout.trimEnd().split('\n')) say(`   ${line}`);
+    say(`   (exit ${doctor.code}: 0 means nothing failed)`);
+    say();
+
+    say(bold('7. SIGTERM: the agent drains and exits; the rules stay, so pods fail closed'));
     node.agent!.kill('SIGTERM');
     const exit = await node.agent!.exited;
     const after = await curlCredentials(sb, pods[0]!.pod);
