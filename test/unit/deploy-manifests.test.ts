@@ -221,6 +221,17 @@ describe('every render is valid Kubernetes', () => {
     await assertValidObjects(render('deploy/cleanup'), 'cleanup');
   });
 
+  test('the kind end-to-end manifests (its overlay, the fakes, the client pods) are valid too', async () => {
+    const overlay = render('test/e2e/kind/overlay');
+    await assertValidObjects(overlay, 'kind overlay');
+    assert.ok(agentDaemonSet(overlay), 'the kind overlay deploys the agent');
+    for (const file of ['fakes.yaml', 'clients.yaml']) {
+      const objects = parseYamlObjects(readFileSync(join(ROOT, 'test/e2e/kind', file), 'utf8'), file);
+      assert.ok(objects.length > 0, `${file} holds objects`);
+      await assertValidObjects(objects, file);
+    }
+  });
+
   test('psp.yaml validates against policy/v1beta1 and is in no render', async () => {
     const psp = parseYamlObjects(readFileSync(join(ROOT, 'deploy/psp.yaml'), 'utf8'), 'deploy/psp.yaml');
     await assertValidObjects(psp, 'psp.yaml');
