@@ -5,7 +5,7 @@
  *   cluster-wide ListWatch of namespaces, each restarted with exponential backoff whenever client-node's
  *   informer stops on an error (it does on a failed list or a non-200/410 watch: toolchain.md).
  * - Objects are slimmed to the few fields we use before client-node caches them (memory on every node).
- * - Lists and the live GET by IP are plain HTTPS GETs authenticated by the KubeConfig: no generated API
+ * - Lists and the live look-up by IP are plain HTTPS GETs authenticated by the KubeConfig: no generated API
  *   client, no model deserialisation.
  */
 import http from 'node:http';
@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { systemClock, type Clock, type Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import type { NamespaceSource, PodSource, SourceEvents } from './lookup.ts';
-import { EXTERNAL_ID_ANNOTATION, ROLE_ANNOTATION, toPodInfo, type PodInfo } from './pod-index.ts';
+import { canonicalIp, EXTERNAL_ID_ANNOTATION, isLive, ROLE_ANNOTATION, toPodInfo, type PodInfo } from './pod-index.ts';
 import type { NamespaceInfo } from './types.ts';
 
 /** Load a kubeconfig file, or the in-cluster service account when path is undefined. Throws a clear error. */
@@ -58,6 +58,11 @@ export interface KubeSourceOptions {
   backoff?: BackoffOptions;
   /** Timeout of each informer list. Default 30000 ms. */
   listTimeoutMs?: number;
+  /**
+   * The live look-up's LIST of all this node's pods (for an IP the status.podIP selector cannot find) runs at
+   * most once per this many ms; look-ups in between share its answer. Default 1000 ms.
+   */
+  nodeListIntervalMs?: number;
 }
 
 export class KubeHttpError extends Error {
@@ -127,7 +132,7 @@ interface SlimMeta {
 interface SlimPod extends KubernetesObject {
   metadata: SlimMeta;
   spec?: { serviceAccountName?: string; hostNetwork?: boolean };
-  status?: { phase?: string; podIP?: string };
+  status?: { phase?: string; podIP?: string; podIPs?: Array<{ ip: string }> };
 }
 
 interface SlimNamespace extends KubernetesObject {
@@ -170,6 +175,10 @@ export function slimPod(raw: Raw): SlimPod {
   const status: SlimPod['status'] = {};
   if (typeof raw.status?.phase === 'string') status.phase = raw.status.phase;
   if (typeof raw.status?.podIP === 'string') status.podIP = raw.status.podIP;
+  if (Array.isArray(raw.status?.podIPs)) {
+    const ips = (raw.status.podIPs as unknown[]).flatMap((e) => (e && typeof (e as Raw).ip === 'string' ? [{ ip: (e as Raw).ip as string }] : []));
+    if (ips.length > 0) status.podIPs = ips;
+  }
   pod.status = status;
   return pod;
 }
@@ -350,12 +359,16 @@ class Reflector<T extends KubernetesObject, I> {
   }
 }
 
-/** This node's pods: ListWatch scoped by spec.nodeName, and the live GET by IP. */
+/** This node's pods: ListWatch scoped by spec.nodeName, and the live look-up by IP. */
 export class KubePodSource implements PodSource {
   private readonly reflector: Reflector<SlimPod, PodInfo>;
+  private readonly clock: Clock;
+  /** The last LIST of this node's pods: when it started, its answer, and whether that has come. */
+  private nodeList: { startedAt: number; pods: Promise<PodInfo[]>; settled: boolean } | undefined;
 
   constructor(private readonly options: KubeSourceOptions) {
     if (!options.nodeName) throw new Error('node name is required for the pod watch');
+    this.clock = options.clock ?? systemClock;
     this.reflector = new Reflector(options, {
       resource: 'pods',
       path: '/api/v1/pods',
@@ -373,13 +386,43 @@ export class KubePodSource implements PodSource {
     return this.reflector.stop();
   }
 
-  async listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]> {
+  /**
+   * This node's pods holding ip, within timeoutMs for everything. First one GET with the field selector
+   * `spec.nodeName=NODE,status.podIP=IP`. A field selector cannot find a pod by a secondary IP: the only
+   * selectable pod IP field is status.podIP, the first entry of status.podIPs (field selectors:
+   * https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/, the selectable fields:
+   * kubernetes/kubernetes pkg/registry/core/pod/strategy.go, ToSelectableFields). So the IPv6 address of a pod
+   * whose primary is IPv4 (or the other way round) is never found that way: when the selector finds no live pod,
+   * one LIST of this node's pods (`spec.nodeName=NODE`) is scanned for ip in their podIPs. That LIST is heavier
+   * than the selector GET (every pod of the node), so it is bounded beyond the resolver's per-IP hold-off: at
+   * most one runs at a time and one starts per nodeListIntervalMs; look-ups in between share its answer (or
+   * its error). A pod that got its IP after that LIST started is then left to the watch, as a held-off IP is.
+   */
+  async listByIp(rawIp: string, timeoutMs: number): Promise<PodInfo[]> {
+    const ip = canonicalIp(rawIp);
+    const signal = AbortSignal.timeout(Math.max(1, timeoutMs));
     const selector = `spec.nodeName=${fieldValue(this.options.nodeName)},status.podIP=${fieldValue(ip)}`;
-    const body = (await kubeGetJson(
-      this.options.kubeConfig,
-      `/api/v1/pods?fieldSelector=${encodeURIComponent(selector)}`,
-      AbortSignal.timeout(Math.max(1, timeoutMs)),
-    )) as Raw;
+    const byPrimary = await this.listPods(selector, signal);
+    if (byPrimary.some((p) => isLive(p) && p.ips.includes(ip))) return byPrimary;
+    const all = await this.listNode(signal);
+    return all.filter((p) => p.ips.includes(ip));
+  }
+
+  private listNode(signal: AbortSignal): Promise<PodInfo[]> {
+    const now = this.clock.now();
+    const last = this.nodeList;
+    if (last && (!last.settled || now - last.startedAt < (this.options.nodeListIntervalMs ?? 1000))) return last.pods;
+    const entry = { startedAt: now, pods: this.listPods(`spec.nodeName=${fieldValue(this.options.nodeName)}`, signal), settled: false };
+    const settle = () => {
+      entry.settled = true;
+    };
+    entry.pods.then(settle, settle);
+    this.nodeList = entry;
+    return entry.pods;
+  }
+
+  private async listPods(selector: string, signal: AbortSignal): Promise<PodInfo[]> {
+    const body = (await kubeGetJson(this.options.kubeConfig, `/api/v1/pods?fieldSelector=${encodeURIComponent(selector)}`, signal)) as Raw;
     if (!body || !Array.isArray(body.items)) throw new Error('GET /api/v1/pods: not a list');
     return (body.items as Raw[]).map((p) => toPodInfo(slimPod(p)));
   }

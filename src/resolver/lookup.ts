@@ -6,7 +6,7 @@
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { matchLive, PodIndex, type PodInfo } from './pod-index.ts';
+import { canonicalIp, matchLive, PodIndex, type PodInfo } from './pod-index.ts';
 import type { Policy } from './policy.ts';
 import type { Lookup, NamespaceInfo } from './types.ts';
 
@@ -23,7 +23,10 @@ export interface SourceEvents<T> {
 export interface PodSource {
   start(events: SourceEvents<PodInfo>): void;
   stop(): Promise<void>;
-  /** One live GET of this node's pods holding ip (any liveness). Rejects on error or timeout. */
+  /**
+   * A live look-up of this node's pods holding ip, as their primary or any other IP (any liveness), within
+   * timeoutMs. Rejects on error or timeout.
+   */
   listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]>;
 }
 
@@ -82,8 +85,6 @@ export class Resolver {
   /** The current answer for each live pod. */
   private readonly answers = new Map<string, Lookup>();
   private readonly answerSigs = new Map<string, string>();
-  /** Pods whose denial was already logged at warn (uid → code). */
-  private readonly loggedDenials = new Map<string, string>();
   private readonly listeners = new Set<IdentityListener>();
   private readonly inflight = new Map<string, Promise<Lookup>>();
   private readonly podWaitMs: number;
@@ -174,7 +175,7 @@ export class Resolver {
   }
 
   peekUid(ip: string): string | undefined {
-    const m = this.index.byIp(normalizeIp(ip));
+    const m = this.index.byIp(ip);
     return m.kind === 'pod' ? m.pod.uid : undefined;
   }
 
@@ -182,12 +183,17 @@ export class Resolver {
    * What lookup() answers at once for an IP the index holds (without waiting, counting or logging); undefined
    * for an IP it does not (lookup() then waits and looks it up). Synchronous: the server's warm path.
    */
-  peek(rawIp: string): Lookup | undefined {
-    return this.fromIndex(normalizeIp(rawIp));
+  peek(ip: string): Lookup | undefined {
+    return this.fromIndex(ip);
   }
 
+  /**
+   * Who is asking: the pod of this node at ip (any spelling: canonicalIp), with its role or why it has none,
+   * or unknown / ambiguous (counted here). Policy denials are the caller's to count: it knows whether the
+   * request asked for credentials.
+   */
   async lookup(rawIp: string): Promise<Lookup> {
-    const ip = normalizeIp(rawIp);
+    const ip = canonicalIp(rawIp);
     try {
       const fast = this.fromIndex(ip);
       if (fast) return this.account(fast);
@@ -240,7 +246,7 @@ export class Resolver {
       metrics.liveLookups.inc({ result: 'watch-caught-up' });
       return late;
     }
-    const m = matchLive(candidates);
+    const m = matchLive(candidates, ip);
     metrics.liveLookups.inc({ result: m.kind === 'pod' ? 'found' : m.kind === 'ambiguous' ? 'ambiguous' : 'not-found' });
     if (m.kind === 'ambiguous') return AMBIGUOUS;
     if (m.kind === 'none') {
@@ -253,28 +259,10 @@ export class Resolver {
     return this.evaluate(m.pod);
   }
 
-  /** Count and log what a request is answered with. */
+  /** Count a source that is no pod of this node (or more than one). */
   private account(answer: Lookup): Lookup {
-    const { metrics } = this.opts;
-    switch (answer.kind) {
-      case 'unknown':
-        metrics.unknownIps.inc();
-        break;
-      case 'ambiguous':
-        metrics.ambiguousIps.inc();
-        break;
-      case 'denied': {
-        metrics.denials.inc({ reason: answer.code });
-        const fields = { pod: answer.pod.name, namespace: answer.pod.namespace, role: answer.role, reason: answer.reason, code: answer.code };
-        if (this.loggedDenials.get(answer.pod.uid) !== answer.code) {
-          this.loggedDenials.set(answer.pod.uid, answer.code);
-          this.opts.logger.warn(fields, 'credentials denied');
-        } else {
-          this.opts.logger.debug(fields, 'credentials denied');
-        }
-        break;
-      }
-    }
+    if (answer.kind === 'unknown') this.opts.metrics.unknownIps.inc();
+    else if (answer.kind === 'ambiguous') this.opts.metrics.ambiguousIps.inc();
     return answer;
   }
 
@@ -317,9 +305,8 @@ export class Resolver {
     if (this.answerSigs.get(pod.uid) === sig) return;
     this.answers.set(pod.uid, answer);
     this.answerSigs.set(pod.uid, sig);
-    this.loggedDenials.delete(pod.uid);
     this.opts.logger.debug(
-      { pod: pod.name, namespace: pod.namespace, podUid: pod.uid, ip: pod.ip, answer: answer.kind, role: answer.kind === 'role' ? answer.identity.roleArn : undefined },
+      { pod: pod.name, namespace: pod.namespace, podUid: pod.uid, ips: pod.ips, answer: answer.kind, role: answer.kind === 'role' ? answer.identity.roleArn : undefined },
       'pod indexed',
     );
     this.emit(pod.uid, answer);
@@ -327,7 +314,6 @@ export class Resolver {
 
   /** A pod stopped being live or went away. */
   private retire(uid: string): void {
-    this.loggedDenials.delete(uid);
     if (!this.answers.delete(uid)) return;
     this.answerSigs.delete(uid);
     this.opts.logger.debug({ podUid: uid }, 'pod left the index');
@@ -374,11 +360,6 @@ export class Resolver {
     this.readyWaiters = [];
     for (const w of waiters) w();
   }
-}
-
-/** A socket bound to :: reports IPv4 peers as ::ffff:a.b.c.d; pods are indexed by their plain IPv4. */
-function normalizeIp(ip: string): string {
-  return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
 }
 
 function sameRecord(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {

@@ -4,7 +4,12 @@
  * Only live pods are indexed (peers.md pain 2): a pod that has finished (Succeeded/Failed), is being
  * deleted, runs in the host network, or has no IP yet cannot be the one asking. Two live pods on one IP
  * is ambiguous: callers fail closed.
+ *
+ * A dual-stack pod has two IPs (`status.podIPs`, one IPv4 and one IPv6; `status.podIP` is the first of them,
+ * https://kubernetes.io/docs/concepts/services-networking/dual-stack/): every one of them maps to the pod, and
+ * the rules above hold per IP. Addresses are kept in one canonical spelling (canonicalIp) on both sides.
  */
+import { SocketAddress, isIP } from 'node:net';
 
 export const ROLE_ANNOTATION = 'iam.amazonaws.com/role';
 export const EXTERNAL_ID_ANNOTATION = 'iam.amazonaws.com/external-id';
@@ -14,8 +19,10 @@ export interface PodInfo {
   readonly uid: string;
   readonly name: string;
   readonly namespace: string;
-  /** status.podIP, '' while the pod has none. */
+  /** The primary IP (status.podIP, canonical), '' while the pod has none. Always ips[0] ?? ''. */
   readonly ip: string;
+  /** Every IP of the pod (status.podIPs, else status.podIP), canonical, primary first, no duplicates. */
+  readonly ips: readonly string[];
   readonly serviceAccount: string;
   /** Annotation iam.amazonaws.com/role, trimmed; undefined when absent or blank. */
   readonly role?: string;
@@ -37,7 +44,40 @@ export interface PodLike {
     deletionTimestamp?: unknown;
   } | null;
   spec?: { serviceAccountName?: string; hostNetwork?: boolean | null } | null;
-  status?: { phase?: string; podIP?: string | null } | null;
+  status?: { phase?: string; podIP?: string | null; podIPs?: ReadonlyArray<{ ip?: string | null } | null> | null } | null;
+}
+
+/**
+ * One spelling per address, as the server's sockets report them: IPv4 dotted quad as it is; IPv6 in the
+ * compressed lower-case form of RFC 5952 (what libuv's inet_ntop writes, so a socket's peer address is already
+ * canonical); an IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, the peer of an IPv4 client on a dual-stack socket,
+ * RFC 4291 §2.5.5.2) as the IPv4 address. The zone of a scoped address is dropped. Anything that is not an IP
+ * address is returned as it is (it matches nothing).
+ */
+export function canonicalIp(ip: string): string {
+  if (!ip.includes(':')) return ip;
+  if (ip.startsWith('::ffff:') && isIP(ip.slice(7)) === 4) return ip.slice(7);
+  let address: string;
+  try {
+    address = new SocketAddress({ address: ip, family: 'ipv6' }).address;
+  } catch {
+    return ip;
+  }
+  // SocketAddress writes a mapped address dotted whatever the input spelling (`::ffff:a00:5` → `::ffff:10.0.0.5`).
+  return address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+}
+
+/** The pod's IPs: podIP first (the API keeps it equal to podIPs[0]), then the rest of podIPs; invalid ones dropped. */
+function podIps(status: PodLike['status']): string[] {
+  const out: string[] = [];
+  const add = (raw: unknown) => {
+    if (typeof raw !== 'string' || isIP(raw.trim()) === 0) return;
+    const ip = canonicalIp(raw.trim());
+    if (!out.includes(ip)) out.push(ip);
+  };
+  add(status?.podIP);
+  for (const entry of status?.podIPs ?? []) add(entry?.ip);
+  return out;
 }
 
 function annotation(annotations: Record<string, string> | null | undefined, key: string): string | undefined {
@@ -50,13 +90,15 @@ function annotation(annotations: Record<string, string> | null | undefined, key:
 /** Extract the compact PodInfo from a V1Pod-shaped object. Missing fields become empty values. */
 export function toPodInfo(pod: PodLike): PodInfo {
   const meta = pod.metadata ?? {};
+  const ips = podIps(pod.status);
   const info: {
     -readonly [K in keyof PodInfo]: PodInfo[K];
   } = {
     uid: meta.uid ?? '',
     name: meta.name ?? '',
     namespace: meta.namespace ?? '',
-    ip: pod.status?.podIP ?? '',
+    ip: ips[0] ?? '',
+    ips,
     serviceAccount: pod.spec?.serviceAccountName ?? 'default',
     phase: pod.status?.phase ?? 'Unknown',
     hostNetwork: pod.spec?.hostNetwork === true,
@@ -71,7 +113,7 @@ export function toPodInfo(pod: PodLike): PodInfo {
 
 /** A pod that may be the one sending from its IP right now. */
 export function isLive(pod: PodInfo): boolean {
-  return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && !pod.deleting && !pod.hostNetwork && pod.ip !== '';
+  return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && !pod.deleting && !pod.hostNetwork && pod.ips.length > 0;
 }
 
 export type IpMatch = { kind: 'pod'; pod: PodInfo } | { kind: 'none' } | { kind: 'ambiguous' };
@@ -79,11 +121,12 @@ export type IpMatch = { kind: 'pod'; pod: PodInfo } | { kind: 'none' } | { kind:
 const NONE: IpMatch = { kind: 'none' };
 const AMBIGUOUS: IpMatch = { kind: 'ambiguous' };
 
-/** Classify the live pods among candidates (e.g. the answer of a live GET by IP). */
-export function matchLive(candidates: readonly PodInfo[]): IpMatch {
+/** Classify the live pods among candidates (e.g. the answer of a live GET by IP); with ip, only those holding it. */
+export function matchLive(candidates: readonly PodInfo[], ip?: string): IpMatch {
+  const wanted = ip === undefined ? undefined : canonicalIp(ip);
   let found: PodInfo | undefined;
   for (const pod of candidates) {
-    if (!isLive(pod)) continue;
+    if (!isLive(pod) || (wanted !== undefined && !pod.ips.includes(wanted))) continue;
     if (found && found.uid !== pod.uid) return AMBIGUOUS;
     found = pod;
   }
@@ -108,12 +151,14 @@ export class PodIndex {
       return false;
     }
     const old = this.byUid.get(pod.uid);
-    if (old) this.unlinkIp(old);
+    if (old) this.unlink(old);
     this.byUid.set(pod.uid, pod);
-    const list = this.byIpMap.get(pod.ip);
-    if (list) list.push(pod);
-    else this.byIpMap.set(pod.ip, [pod]);
-    if (!old || old.ip !== pod.ip) this.wake(pod.ip);
+    for (const ip of pod.ips) {
+      const list = this.byIpMap.get(ip);
+      if (list) list.push(pod);
+      else this.byIpMap.set(ip, [pod]);
+    }
+    for (const ip of pod.ips) if (!old || !old.ips.includes(ip)) this.wake(ip);
     return true;
   }
 
@@ -122,7 +167,7 @@ export class PodIndex {
     const old = this.byUid.get(uid);
     if (!old) return false;
     this.byUid.delete(uid);
-    this.unlinkIp(old);
+    this.unlink(old);
     return true;
   }
 
@@ -130,8 +175,13 @@ export class PodIndex {
     return this.byUid.get(uid);
   }
 
+  /** The live pod holding ip (in any spelling: the canonical one is tried when the given one is not known). */
   byIp(ip: string): IpMatch {
-    const list = this.byIpMap.get(ip);
+    let list = this.byIpMap.get(ip);
+    if (list === undefined) {
+      const canonical = canonicalIp(ip);
+      if (canonical !== ip) list = this.byIpMap.get(canonical);
+    }
     if (!list || list.length === 0) return NONE;
     if (list.length > 1) return AMBIGUOUS;
     return { kind: 'pod', pod: list[0]! };
@@ -146,7 +196,8 @@ export class PodIndex {
    * Resolve true as soon as a live pod holds ip (at once if one does already), false when signal aborts.
    * Event driven: upsert() wakes the waiters of the IP it adds. Never rejects.
    */
-  waitForIp(ip: string, signal: AbortSignal): Promise<boolean> {
+  waitForIp(rawIp: string, signal: AbortSignal): Promise<boolean> {
+    const ip = canonicalIp(rawIp);
     if (this.byIpMap.has(ip)) return Promise.resolve(true);
     if (signal.aborted) return Promise.resolve(false);
     return new Promise<boolean>((resolve) => {
@@ -180,12 +231,14 @@ export class PodIndex {
     return n;
   }
 
-  private unlinkIp(pod: PodInfo): void {
-    const list = this.byIpMap.get(pod.ip);
-    if (!list) return;
-    const i = list.findIndex((p) => p.uid === pod.uid);
-    if (i >= 0) list.splice(i, 1);
-    if (list.length === 0) this.byIpMap.delete(pod.ip);
+  private unlink(pod: PodInfo): void {
+    for (const ip of pod.ips) {
+      const list = this.byIpMap.get(ip);
+      if (!list) continue;
+      const i = list.findIndex((p) => p.uid === pod.uid);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.byIpMap.delete(ip);
+    }
   }
 
   private wake(ip: string): void {

@@ -2,7 +2,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
 import underPressure, { type FastifyUnderPressureOptions } from '@fastify/under-pressure';
-import type { Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
@@ -10,7 +10,7 @@ import { classify } from './paths.ts';
 import type { CredentialProvider, IdentityLookup } from './ports.ts';
 import { CREDENTIALS_PATH, createIamHandler } from './routes/credentials.ts';
 import { createPassthroughHandler } from './routes/passthrough.ts';
-import { errorPage, sendError } from './routes/respond.ts';
+import { OnceSet, errorPage, sendError } from './routes/respond.ts';
 import { createTokenHandler } from './routes/token.ts';
 import type { TokenService } from './tokens.ts';
 import type { UpstreamClient } from './upstream.ts';
@@ -23,10 +23,14 @@ import type { UpstreamClient } from './upstream.ts';
  *   <version>/meta-data/iam/…  the pod's role (routes/credentials.ts)
  *   <version>/…                pass-through to the real service, allow/deny lists (routes/passthrough.ts)
  *
- * Every GET may carry a token (IMDSv2) or none (IMDSv1); a token that does not verify for this source IP
- * and the pod now holding it → 401. Source IP from the socket only; trustProxy off; only GET and HEAD
- * for metadata (405 otherwise). Responses carry `Server: EC2ws`; documents are text/plain, errors small
- * text/html pages without reasons. Under event-loop pressure → 503 with Retry-After.
+ * Only pods of this node are answered: every request (token, credentials, pass-through, anything) first looks
+ * its source up (the resolver's wait, then one live look-up), and a source that is no pod of this node (another
+ * node, the VPC, the host itself, a hostNetwork pod on the node's IP) or more than one gets 403, counted in
+ * kiam_foreign_source_requests_total{reason} and never proxied. Every GET may carry a token (IMDSv2) or none
+ * (IMDSv1); a token that does not verify for this source IP and the pod now holding it → 401. Source IP from
+ * the socket only; trustProxy off; only GET and HEAD for metadata (405 otherwise). Responses carry
+ * `Server: EC2ws`; documents are text/plain, errors small text/html pages without reasons. Under event-loop
+ * pressure → 503 with Retry-After (before anything else).
  */
 export type UnderPressureSettings = Omit<FastifyUnderPressureOptions, 'pressureHandler' | 'exposeStatusRoute' | 'customError' | 'healthCheck' | 'healthCheckInterval'> &
   Pick<FastifyUnderPressureOptions, 'healthCheck' | 'healthCheckInterval'>;
@@ -52,11 +56,23 @@ export const DEFAULT_UNDER_PRESSURE: UnderPressureSettings = { maxEventLoopDelay
 const TOKEN_HEADER = 'x-aws-ec2-metadata-token';
 const PRESSURE_CODE = 'FST_UNDER_PRESSURE';
 
-/** The client's address from the socket, with IPv4-mapped IPv6 (`::ffff:10.0.0.1`) reduced to IPv4. */
+/**
+ * The client's address from the socket, with IPv4-mapped IPv6 (`::ffff:10.0.0.1`, the peer of an IPv4 client on
+ * a dual-stack socket) reduced to IPv4. An IPv6 peer is as the socket reports it: compressed, lower case.
+ */
 export function sourceIp(request: Pick<FastifyRequest, 'socket'>): string {
   const addr = request.socket.remoteAddress ?? '';
   return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
 }
+
+/** What listenOn needs of an app buildApp made: its request listener and how to set up another server like it. */
+interface Binding {
+  extraServer(): http.Server;
+  /** Servers listening beside app.server, closed with the app. */
+  readonly extras: Set<http.Server>;
+}
+
+const bindings = new WeakMap<FastifyInstance, Binding>();
 
 /** What serverFactory receives from fastify: its options with the defaults applied. */
 type ServerFactoryOptions = Pick<FastifyServerOptions, 'keepAliveTimeout' | 'requestTimeout' | 'connectionTimeout' | 'maxRequestsPerSocket'>;
@@ -101,17 +117,23 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   }
 
+  let makeServer: (() => http.Server) | undefined;
   const app = Fastify({
     serverFactory: (handler, options: ServerFactoryOptions) => {
-      // As fastify builds its own HTTP/1 server, with the warm path in front of its handler.
-      const server = http.createServer((req, res) => {
+      // As fastify builds its own HTTP/1 server, with the warm path in front of its handler; listenOn's extra
+      // servers are made the same way and share the listener.
+      const listener = (req: IncomingMessage, res: ServerResponse) => {
         if (!warm(req, res)) handler(req, res);
-      });
-      if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
-      if (options.requestTimeout !== undefined) server.requestTimeout = options.requestTimeout;
-      if (options.connectionTimeout !== undefined) server.setTimeout(options.connectionTimeout);
-      if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
-      return server;
+      };
+      makeServer = () => {
+        const server = http.createServer(listener);
+        if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
+        if (options.requestTimeout !== undefined) server.requestTimeout = options.requestTimeout;
+        if (options.connectionTimeout !== undefined) server.setTimeout(options.connectionTimeout);
+        if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
+        return server;
+      };
+      return makeServer();
     },
     logger: false,
     trustProxy: false,
@@ -119,19 +141,29 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     bodyLimit: 4096,
     return503OnClosing: true,
     // Malformed percent-encoding and the like, rejected by the router before any handler.
+    // Only a pod of this node learns even that (the source is looked up first, as for every request).
     frameworkErrors: (_err, request, reply) => {
-      request.kiamHandler = 'bad';
-      void sendError(reply.header('server', 'EC2ws'), 400);
+      reply.header('server', 'EC2ws');
+      const ip = sourceIp(request);
+      (ip ? lookup.lookup(ip) : Promise.resolve(undefined))
+        .then((found) => {
+          if (found === undefined || found.kind === 'unknown' || found.kind === 'ambiguous') return refuseForeign(request, reply, ip, found?.kind ?? 'unknown');
+          request.kiamHandler = 'bad';
+          return sendError(reply, 400);
+        })
+        .catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err), ip }, 'malformed metadata request: answer failed'));
     },
-    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
-      if (err.code === 'ECONNRESET' || !socket.writable) {
-        socket.destroy(err);
-        return;
-      }
-      const body = errorPage(400);
-      socket.end(
-        `HTTP/1.1 400 Bad Request\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
+    clientErrorHandler: onClientError,
+  });
+
+  const extras = new Set<http.Server>();
+  bindings.set(app, {
+    extras,
+    extraServer() {
+      if (!makeServer) throw new Error('the metadata app has no server');
+      const server = makeServer();
+      server.on('clientError', onClientError);
+      return server;
     },
   });
 
@@ -161,38 +193,63 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   });
   app.setNotFoundHandler((request, reply) => sendError(reply, request.method === 'GET' || request.method === 'HEAD' ? 404 : 405));
 
-  const handleToken = createTokenHandler({ tokens, lookup, logger });
+  const handleToken = createTokenHandler({ tokens, logger });
   const iam = createIamHandler(deps);
   const handlePassthrough = createPassthroughHandler(deps);
+  const closed: Array<Promise<void>> = [];
   app.addHook('preClose', (done) => {
     closing = true;
+    // listenOn's extra servers stop accepting with the main one and drop their idle keep-alive connections
+    // (as fastify does for its own server); requests in flight finish.
+    for (const server of extras) {
+      closed.push(new Promise((resolve) => server.close(() => resolve())));
+      server.closeIdleConnections();
+    }
+    extras.clear();
     done();
   });
+  app.addHook('onClose', async () => {
+    await Promise.all(closed.splice(0));
+  });
+
+  const foreignSeen = new OnceSet(1000);
+  /** 403 to a source that is no pod of this node: counted, logged at warn once per address and reason. */
+  function refuseForeign(request: FastifyRequest, reply: FastifyReply, ip: string, reason: 'unknown' | 'ambiguous'): FastifyReply {
+    request.kiamHandler = 'foreign';
+    metrics.foreignSources.inc({ reason });
+    const fields = { ip, reason, method: request.method, url: request.url.slice(0, 200) };
+    if (foreignSeen.first(`${reason}\0${ip}`)) logger.warn(fields, 'request from a source that is not a pod of this node refused');
+    else logger.debug(fields, 'request from a source that is not a pod of this node refused');
+    return sendError(reply, 403);
+  }
 
   async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const ip = sourceIp(request);
+    const found = ip ? await lookup.lookup(ip) : undefined;
+    if (found === undefined || found.kind === 'unknown' || found.kind === 'ambiguous') return refuseForeign(request, reply, ip, found?.kind ?? 'unknown');
+
     const route = classify(request.url);
     if (route.kind === 'bad') {
       request.kiamHandler = 'bad';
       return sendError(reply, 400);
     }
-    if (route.kind === 'token') return handleToken(request, reply, ip);
+    if (route.kind === 'token') return handleToken(request, reply, ip, found.pod.uid);
 
     request.kiamHandler = route.kind;
     const method = request.method;
     if (method !== 'GET' && method !== 'HEAD') return sendError(reply.header('allow', 'GET, HEAD'), 405);
-    if (route.kind === 'refused' || !ip) return sendError(reply, 404);
+    if (route.kind === 'refused') return sendError(reply, 404);
 
     const token = request.headers[TOKEN_HEADER];
     if (token !== undefined) {
-      const check = tokens.verify(String(token), ip, lookup.peekUid(ip));
+      const check = tokens.verify(String(token), ip, found.pod.uid);
       if (check !== 'ok') {
         logger.debug({ ip, check }, 'metadata token rejected');
         return sendError(reply, 401);
       }
     }
 
-    if (route.kind === 'iam') return iam.handle(request, reply, ip, route.rest);
+    if (route.kind === 'iam') return iam.handle(request, reply, ip, route.rest, found);
     return handlePassthrough(request, reply, method, route.path, ip);
   }
 
@@ -201,4 +258,62 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     scope.all('*', handle);
   });
   return app;
+}
+
+/** Malformed HTTP: a terse 400 straight on the socket, as the real service answers it. */
+function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy(err);
+    return;
+  }
+  const body = errorPage(400);
+  socket.end(`HTTP/1.1 400 Bad Request\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/**
+ * Listen on every host at port: the first through app.listen(), each other one with a server of its own that
+ * shares the app's request listener (the warm path, then fastify), timeouts and malformed-request answer, so a
+ * request is answered the same whichever address it came to. Fastify listens once per instance (it binds more
+ * than one address only for `localhost`), hence the extra servers. hosts are IP literals (an IPv6 one with or
+ * without brackets), e.g. ['10.0.0.10', 'fd00::10']; with port 0 every host gets the port the first was given.
+ * Resolves once all listen; if one cannot, what did is closed and the error names the host. The returned
+ * function closes the app with every server (so does app.close()). Only for an app made by buildApp.
+ */
+export async function listenOn(app: FastifyInstance, hosts: readonly string[], port: number): Promise<() => Promise<void>> {
+  const binding = bindings.get(app);
+  if (!binding) throw new Error('listenOn: not a metadata app made by buildApp');
+  const unique = [...new Set(hosts.map((h) => (h.startsWith('[') && h.endsWith(']') ? h.slice(1, -1) : h)))];
+  const [first, ...rest] = unique;
+  if (first === undefined) throw new Error('listenOn: no address to listen on');
+  const close = () => app.close();
+  try {
+    await app.listen({ host: first, port });
+  } catch (err) {
+    throw listenError(first, port, err);
+  }
+  const bound = (app.server.address() as AddressInfo).port;
+  try {
+    for (const host of rest) {
+      const server = binding.extraServer();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host, port: bound }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }).catch((err: unknown) => {
+        throw listenError(host, bound, err);
+      });
+      binding.extras.add(server);
+    }
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return close;
+}
+
+function listenError(host: string, port: number, err: unknown): Error {
+  const where = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  return new Error(`metadata server cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }

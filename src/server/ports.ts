@@ -10,14 +10,16 @@
 export type { Lookup, PodRef, RoleIdentity } from '../resolver/types.ts';
 import type { Lookup, RoleIdentity } from '../resolver/types.ts';
 
+/** A lookup that found the pod of this node at the source: the server answers nothing else (403). */
+export type PodLookup = Exclude<Lookup, { kind: 'unknown' } | { kind: 'ambiguous' }>;
+
 export interface IdentityLookup {
   /**
    * Who is asking, and which role may they have. Waits for the watch up to a deadline when the IP is not
-   * known yet, then does one live look-up. Never throws.
+   * known yet, then does one live look-up. Counts unknown and ambiguous sources; policy denials are counted by
+   * the server, which knows whether credentials were asked for. Called for every request. Never throws.
    */
   lookup(ip: string): Promise<Lookup>;
-  /** The uid of the pod that holds this IP right now, without waiting; undefined if none or ambiguous. */
-  peekUid(ip: string): string | undefined;
   /**
    * The answer lookup() would give at once for a pod already in the index, without waiting, counting or logging;
    * undefined otherwise (then lookup() decides). Optional: the server's warm path uses it when present.

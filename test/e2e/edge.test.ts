@@ -166,15 +166,15 @@ describe('kiam agent: pods the API does not know yet, hostNetwork and ambiguous 
     ]);
     for (const [what, r] of [['listing', listing], ['document', doc]] as const) {
       assert.equal(r.code, 0, r.stderr);
-      assert.match(r.stdout, /\n404$/, `node → agent ${what}: ${r.stdout}`);
+      assert.match(r.stdout, /\n403$/, `node → agent ${what}: ${r.stdout}`);
       assert.doesNotMatch(r.stdout, /host-role|AccessKeyId|ASIA/);
     }
-    assert.equal(h1.status, 404, 'a pod whose IP only a hostNetwork pod object claims');
+    assert.equal(h1.status, 403, 'a pod whose IP only a hostNetwork pod object claims');
     assert.doesNotMatch(h1.body, /host-role/);
     // A pod with its own object keeps its own role beside a hostNetwork object on its IP: not ambiguous.
     assert.equal(h2.listing.body, 'h2-role');
     assert.equal(h2.document?.AccessKeyId, await issuedKey('h2-role', 'hosts.default'));
-    assert.equal(am.status, 404, 'two live pods on one IP');
+    assert.equal(am.status, 403, 'two live pods on one IP');
     assert.doesNotMatch(am.body, /amb-|AccessKeyId/);
 
     const after = await node.metrics();

@@ -91,7 +91,9 @@ const FIELDS: Record<Resource, Record<string, (o: Obj) => string>> = {
     'spec.serviceAccountName': (o) => o.spec?.serviceAccountName ?? '',
     'spec.hostNetwork': (o) => String(o.spec?.hostNetwork === true),
     'status.phase': (o) => o.status?.phase ?? '',
-    'status.podIP': (o) => o.status?.podIP ?? '',
+    // The real API selects on the first pod IP only (status.podIPs[0], kept equal to status.podIP): a pod's
+    // other IPs cannot be selected (kubernetes/kubernetes pkg/registry/core/pod/strategy.go, ToSelectableFields).
+    'status.podIP': (o) => o.status?.podIPs?.[0]?.ip ?? o.status?.podIP ?? '',
   },
   namespaces: {
     'metadata.name': (o) => o.metadata?.name ?? '',
@@ -138,6 +140,27 @@ export function parseFieldSelector(resource: Resource, text: string): Selector {
 function matches(resource: Resource, selector: Selector, obj: Obj | undefined): boolean {
   if (!obj) return false;
   return selector.every((r) => (FIELDS[resource][r.field]!(obj) === r.value) !== r.negate);
+}
+
+/**
+ * status.podIP and status.podIPs as the API server stores a v1 pod: podIP is authoritative and always the first
+ * of podIPs (podIP alone gives podIPs [podIP]; podIPs whose first entry differs from podIP becomes [podIP]);
+ * podIPs alone gives podIP its first entry (kubernetes/kubernetes pkg/apis/core/v1/conversion.go, PodStatus).
+ */
+function syncPodIps(obj: Obj): void {
+  const status = obj.status;
+  if (!isObject(status)) return;
+  const listed = Array.isArray(status.podIPs) ? status.podIPs.filter((e: unknown) => isObject(e) && typeof e.ip === 'string' && e.ip !== '') : [];
+  if (typeof status.podIP === 'string' && status.podIP !== '') {
+    if (listed.length === 0 || listed[0].ip !== status.podIP) status.podIPs = [{ ip: status.podIP }];
+    else status.podIPs = listed.map((e: Obj) => ({ ip: e.ip }));
+  } else if (listed.length > 0) {
+    status.podIP = listed[0].ip;
+    status.podIPs = listed.map((e: Obj) => ({ ip: e.ip }));
+  } else {
+    delete status.podIP;
+    delete status.podIPs;
+  }
 }
 
 function clone<T>(o: T): T {
@@ -211,7 +234,7 @@ export class FakeKubeApiServer {
   private compactedRv = 0;
   private readonly watchers = new Set<Watcher>();
   /** status 0: never answer (until close). */
-  private failLists: Array<{ status: number; resource?: Resource }> = [];
+  private failLists: Array<{ status: number; resource?: Resource; fieldSelector?: string }> = [];
   private readonly stalled = new Set<ServerResponse>();
   private watchWaiters: Array<() => void> = [];
   private readonly requestWaiters = new Set<() => void>();
@@ -304,7 +327,7 @@ export class FakeKubeApiServer {
     return this.create('namespaces', undefined, { metadata: { name, ...(annotations ? { annotations } : {}) } });
   }
 
-  /** Create a pod: the body is a V1Pod (status.podIP/phase honoured); namespace defaults to metadata.namespace. */
+  /** Create a pod: the body is a V1Pod (status.podIP/podIPs/phase honoured); namespace defaults to metadata.namespace. */
   createPod(pod: Obj): Obj {
     const ns = pod.metadata?.namespace ?? 'default';
     if (!this.store.namespaces.has(ns)) throw new Error(`namespace ${ns} does not exist`);
@@ -343,17 +366,21 @@ export class FakeKubeApiServer {
 
   // ---------- test controls ----------
 
-  /** The next `times` list requests (of `resource`, or any) answer HTTP `status` (default 500). */
-  failNextList(options: { status?: number; times?: number; resource?: Resource } = {}): void {
+  /**
+   * The next `times` list requests (of `resource`, or any; with `fieldSelector`, only lists asking exactly that
+   * selector) answer HTTP `status` (default 500).
+   */
+  failNextList(options: { status?: number; times?: number; resource?: Resource; fieldSelector?: string } = {}): void {
     for (let i = 0; i < (options.times ?? 1); i++) {
-      const entry: { status: number; resource?: Resource } = { status: options.status ?? 500 };
+      const entry: { status: number; resource?: Resource; fieldSelector?: string } = { status: options.status ?? 500 };
       if (options.resource) entry.resource = options.resource;
+      if (options.fieldSelector !== undefined) entry.fieldSelector = options.fieldSelector;
       this.failLists.push(entry);
     }
   }
 
-  /** The next `times` list requests (of `resource`, or any) get no answer at all (until close()). */
-  stallNextList(options: { times?: number; resource?: Resource } = {}): void {
+  /** The next `times` list requests (of `resource`, or any; with `fieldSelector`, only those) get no answer at all (until close()). */
+  stallNextList(options: { times?: number; resource?: Resource; fieldSelector?: string } = {}): void {
     this.failNextList({ ...options, status: 0 });
   }
 
@@ -481,6 +508,7 @@ export class FakeKubeApiServer {
       obj.spec.serviceAccountName ??= obj.spec.serviceAccount ?? 'default';
       obj.status = isObject(obj.status) ? obj.status : {};
       obj.status.phase ??= 'Pending';
+      syncPodIps(obj);
     } else {
       delete obj.metadata.namespace;
       obj.kind = 'Namespace';
@@ -516,6 +544,7 @@ export class FakeKubeApiServer {
     if (namespace !== undefined) next.metadata.namespace = namespace;
     next.kind = cur.kind;
     next.apiVersion = 'v1';
+    if (resource === 'pods') syncPodIps(next);
     next.metadata.resourceVersion = this.nextRv();
     this.store[resource].set(k, next);
     this.record(resource, 'MODIFIED', next, cur);
@@ -621,7 +650,7 @@ export class FakeKubeApiServer {
       if (method === 'GET') {
         const selector = parseFieldSelector(resource, q.get('fieldSelector') ?? '');
         if (q.get('watch') === '1' || q.get('watch') === 'true') return this.watch(res, log, resource, namespace, selector, q);
-        return this.list(res, log, resource, namespace, selector, wantsTable(req));
+        return this.list(res, log, resource, namespace, selector, wantsTable(req), q.get('fieldSelector') ?? '');
       }
       if (method === 'POST') {
         const obj = this.create(resource, namespace, body());
@@ -659,8 +688,8 @@ export class FakeKubeApiServer {
     }
   }
 
-  private list(res: ServerResponse, log: RequestLogEntry, resource: Resource, namespace: string | undefined, selector: Selector, table = false): void {
-    const fail = this.failLists.findIndex((f) => !f.resource || f.resource === resource);
+  private list(res: ServerResponse, log: RequestLogEntry, resource: Resource, namespace: string | undefined, selector: Selector, table = false, rawSelector = ''): void {
+    const fail = this.failLists.findIndex((f) => (!f.resource || f.resource === resource) && (f.fieldSelector === undefined || f.fieldSelector === rawSelector));
     if (fail >= 0) {
       const [f] = this.failLists.splice(fail, 1);
       if (f!.status === 0) {

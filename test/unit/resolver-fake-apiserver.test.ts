@@ -94,6 +94,31 @@ describe('fake kube-apiserver: wire protocol', () => {
     assert.throws(() => parseFieldSelector('namespaces', 'spec.nodeName=x'), /not supported/);
   });
 
+  it('pods carry podIPs as the API stores them (podIP authoritative, the first of podIPs); status.podIP selects the primary only', async () => {
+    const dual = fake.createPod({ metadata: { name: 'dual', namespace: 'w' }, spec: { nodeName: 'n1' }, status: { podIP: '10.9.1.1', podIPs: [{ ip: '10.9.1.1' }, { ip: 'fd00:9:1::1' }] } });
+    assert.deepEqual(dual.status.podIPs, [{ ip: '10.9.1.1' }, { ip: 'fd00:9:1::1' }]);
+    const single = fake.createPod({ metadata: { name: 'single', namespace: 'w' }, spec: { nodeName: 'n1' }, status: { podIP: '10.9.1.2' } });
+    assert.deepEqual(single.status.podIPs, [{ ip: '10.9.1.2' }], 'podIP alone fills podIPs');
+    const listOnly = fake.createPod({ metadata: { name: 'list-only', namespace: 'w' }, spec: { nodeName: 'n1' }, status: { podIPs: [{ ip: 'fd00:9:1::3' }, { ip: '10.9.1.3' }] } });
+    assert.equal(listOnly.status.podIP, 'fd00:9:1::3', 'podIPs alone sets podIP to its first entry');
+    const clash = fake.createPod({ metadata: { name: 'clash', namespace: 'w' }, spec: { nodeName: 'n1' }, status: { podIP: '10.9.1.4', podIPs: [{ ip: '10.9.1.40' }, { ip: 'fd00:9:1::4' }] } });
+    assert.deepEqual(clash.status.podIPs, [{ ip: '10.9.1.4' }], 'a podIPs that disagrees with podIP gives way');
+    const patched = fake.patchPod('w', 'single', { status: { podIPs: [{ ip: '10.9.1.2' }, { ip: 'fd00:9:1::2' }] } });
+    assert.deepEqual(patched.status.podIPs, [{ ip: '10.9.1.2' }, { ip: 'fd00:9:1::2' }]);
+
+    const names = async (selector: string) => {
+      const r = await get(fake, `/api/v1/pods?fieldSelector=${encodeURIComponent(selector)}`);
+      const body = JSON.parse((await r.lines.next()).value as string) as { items: Array<{ metadata: { name: string } }> };
+      r.close();
+      return body.items.map((i) => i.metadata.name).sort();
+    };
+    assert.deepEqual(await names('status.podIP=10.9.1.1'), ['dual']);
+    assert.deepEqual(await names('status.podIP=fd00:9:1::1'), [], 'a secondary IP is not selectable');
+    assert.deepEqual(await names('status.podIP=fd00:9:1::3'), ['list-only']);
+    assert.deepEqual(await names('spec.nodeName=n1,status.podIP=10.9.1.2'), ['single']);
+    for (const name of ['dual', 'single', 'list-only', 'clash']) fake.deletePod('w', name);
+  });
+
   it('merge patch follows RFC 7386', () => {
     assert.deepEqual(mergePatch({ a: { b: 1, c: 2 }, d: [1] }, { a: { b: null, e: 3 }, d: [2] }), { a: { c: 2, e: 3 }, d: [2] });
   });

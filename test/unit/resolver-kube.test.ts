@@ -14,6 +14,7 @@ import { Resolver, type SourceEvents } from '../../src/resolver/lookup.ts';
 import { Policy } from '../../src/resolver/policy.ts';
 import type { PodInfo } from '../../src/resolver/pod-index.ts';
 import type { Lookup, NamespaceInfo } from '../../src/resolver/types.ts';
+import { FakeClock } from '../fakes/clock.ts';
 import { FakeKubeApiServer } from '../fakes/kube-apiserver.ts';
 
 /** Records source events; until() waits for them (event driven, with a failure bound). */
@@ -66,11 +67,15 @@ function fastClock(delays: number[]): Clock {
   };
 }
 
-function podBody(name: string, opts: { ns?: string; node?: string; ip?: string; role?: string; phase?: string; hostNetwork?: boolean } = {}) {
+function podBody(name: string, opts: { ns?: string; node?: string; ip?: string; ips?: string[]; role?: string; phase?: string; hostNetwork?: boolean } = {}) {
   return {
     metadata: { name, namespace: opts.ns ?? 'dev', annotations: opts.role ? { 'iam.amazonaws.com/role': opts.role } : {} },
     spec: { nodeName: opts.node ?? 'node-a', serviceAccountName: 'sa', hostNetwork: opts.hostNetwork ?? false, containers: [{ name: 'c', image: 'busybox' }] },
-    status: { phase: opts.phase ?? 'Running', ...(opts.ip ? { podIP: opts.ip } : {}) },
+    status: {
+      phase: opts.phase ?? 'Running',
+      ...(opts.ip ? { podIP: opts.ip } : {}),
+      ...(opts.ips ? { podIPs: opts.ips.map((ip) => ({ ip })) } : {}),
+    },
   };
 }
 
@@ -278,9 +283,58 @@ describe('kube adapter against the fake API server', () => {
     const source = new KubePodSource(options());
     const found = await source.listByIp('10.0.5.1', 2000);
     assert.deepEqual(found.map((p) => p.name).sort(), ['live-a', 'old-a']);
+    const selectors = () => kube.requests.filter((r) => r.path === '/api/v1/pods').map((r) => new URLSearchParams(r.query).get('fieldSelector'));
+    assert.deepEqual(selectors(), ['spec.nodeName=node-a,status.podIP=10.0.5.1'], 'a live pod found by the selector: nothing more');
     assert.deepEqual(await source.listByIp('10.0.5.99', 2000), []);
-    const get = kube.requests.filter((r) => r.path === '/api/v1/pods').at(-1)!;
-    assert.equal(new URLSearchParams(get.query).get('fieldSelector'), 'spec.nodeName=node-a,status.podIP=10.0.5.99');
+    assert.deepEqual(selectors().slice(1), ['spec.nodeName=node-a,status.podIP=10.0.5.99', 'spec.nodeName=node-a'], 'not found by podIP: one LIST of the node');
+  });
+
+  it('live look-up of a secondary IP: the selector cannot find it, the LIST of this node does', async () => {
+    create('dual-a', { ip: '10.0.8.1', ips: ['10.0.8.1', 'fd00:10:8::1'], role: 'r' });
+    create('dual-other-node', { node: 'node-b', ip: '10.0.8.2', ips: ['10.0.8.2', 'fd00:10:8::2'] });
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock }));
+    const selectors = () => kube.requests.filter((r) => r.path === '/api/v1/pods').map((r) => new URLSearchParams(r.query).get('fieldSelector'));
+
+    const found = await source.listByIp('FD00:10:8:0::1', 2000);
+    assert.deepEqual(found.map((p) => [p.name, p.ip, p.ips]), [['dual-a', '10.0.8.1', ['10.0.8.1', 'fd00:10:8::1']]]);
+    assert.deepEqual(selectors(), ['spec.nodeName=node-a,status.podIP=fd00:10:8::1', 'spec.nodeName=node-a'], 'canonical spelling in the selector');
+    assert.deepEqual(await source.listByIp('fd00:10:8::2', 2000), [], 'a pod of another node, whatever its IPs');
+    // The primary of a dual-stack pod is found by the selector alone.
+    kube.clearLog();
+    assert.deepEqual((await source.listByIp('10.0.8.1', 2000)).map((p) => p.name), ['dual-a']);
+    assert.equal(selectors().length, 1);
+  });
+
+  it('the LIST of this node runs at most once per interval; concurrent and later look-ups share it', async () => {
+    create('dual-b', { ip: '10.0.9.1', ips: ['10.0.9.1', 'fd00:10:9::1'] });
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock, nodeListIntervalMs: 1000 }));
+    const nodeLists = () => kube.requests.filter((r) => r.path === '/api/v1/pods' && new URLSearchParams(r.query).get('fieldSelector') === 'spec.nodeName=node-a').length;
+    const answers = await Promise.all(['fd00:10:9::1', 'fd00:10:9::77', 'fd00:10:9::78'].map((ip) => source.listByIp(ip, 2000)));
+    assert.deepEqual(answers.map((a) => a.map((p) => p.name)), [['dual-b'], [], []]);
+    assert.equal(nodeLists(), 1, 'concurrent look-ups share one LIST');
+    await clock.advance(999);
+    // A pod created meanwhile is not seen until the interval is over: the watch is the authority for it.
+    create('dual-c', { ip: '10.0.9.2', ips: ['10.0.9.2', 'fd00:10:9::2'] });
+    assert.deepEqual(await source.listByIp('fd00:10:9::2', 2000), []);
+    assert.equal(nodeLists(), 1);
+    await clock.advance(1);
+    assert.deepEqual((await source.listByIp('fd00:10:9::2', 2000)).map((p) => p.name), ['dual-c']);
+    assert.equal(nodeLists(), 2);
+  });
+
+  it('a failed LIST of this node is shared for the interval too', async () => {
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock, nodeListIntervalMs: 1000 }));
+    const nodeLists = () => kube.requests.filter((r) => r.path === '/api/v1/pods' && new URLSearchParams(r.query).get('fieldSelector') === 'spec.nodeName=node-a').length;
+    kube.failNextList({ resource: 'pods', fieldSelector: 'spec.nodeName=node-a', status: 500 });
+    await assert.rejects(source.listByIp('fd00:10:9::90', 2000), /HTTP 500/);
+    await assert.rejects(source.listByIp('fd00:10:9::91', 2000), /HTTP 500/);
+    assert.equal(nodeLists(), 1, 'the failure is reused, not retried at once');
+    await clock.advance(1000);
+    assert.deepEqual(await source.listByIp('fd00:10:9::91', 2000), []);
+    assert.equal(nodeLists(), 2);
   });
 
   it('live GET times out', async () => {
@@ -338,6 +392,16 @@ describe('Resolver wired to the kube adapter and the fake API server', () => {
     assert.equal(l.kind === 'role' && l.identity.roleArn, 'arn:aws:iam::123456789012:role/app-early');
   });
 
+  it('a dual-stack pod is answered on each of its IPs, in any spelling, and on the IPv4-mapped form', async () => {
+    await kube.waitForWatches(2);
+    const pending = resolver.lookup('FD00:10:8::0005');
+    kube.createPod(podBody('dual', { ns: 'apps', ip: '10.8.0.5', ips: ['10.8.0.5', 'fd00:10:8::5'], role: 'app-dual' }));
+    for (const l of [await pending, await resolver.lookup('10.8.0.5'), await resolver.lookup('::ffff:10.8.0.5'), await resolver.lookup('fd00:10:8::5')]) {
+      assert.equal(l.kind === 'role' && l.identity.sessionName, 'apps.dual');
+    }
+    assert.equal(resolver.peek('fd00:10:8::5')?.kind, 'role');
+  });
+
   it('a request that comes before the watch has seen its pod waits and gets the right role', async () => {
     await kube.waitForWatches(2);
     const pending = resolver.lookup('10.8.0.2');
@@ -376,12 +440,12 @@ describe('kube adapter helpers', () => {
     const slim = slimPod({
       metadata: { name: 'p', namespace: 'n', uid: 'u', resourceVersion: '7', labels: { a: 'b' }, managedFields: [{}], annotations: { 'iam.amazonaws.com/role': 'r', big: 'x'.repeat(10_000) } },
       spec: { nodeName: 'node-a', containers: [{ name: 'c', env: [] }], serviceAccountName: 'sa' },
-      status: { phase: 'Running', podIP: '10.0.0.1', conditions: [{}] },
+      status: { phase: 'Running', podIP: '10.0.0.1', podIPs: [{ ip: '10.0.0.1', extra: 1 }, { ip: 'fd00::1' }, { nope: true }], conditions: [{}] },
     });
     assert.deepEqual(slim, {
       metadata: { name: 'p', namespace: 'n', uid: 'u', resourceVersion: '7', annotations: { 'iam.amazonaws.com/role': 'r' } },
       spec: { serviceAccountName: 'sa' },
-      status: { phase: 'Running', podIP: '10.0.0.1' },
+      status: { phase: 'Running', podIP: '10.0.0.1', podIPs: [{ ip: '10.0.0.1' }, { ip: 'fd00::1' }] },
     });
   });
 

@@ -1,20 +1,22 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isLive, matchLive, PodIndex, toPodInfo, type PodInfo, type PodLike } from '../../src/resolver/pod-index.ts';
+import { canonicalIp, isLive, matchLive, PodIndex, toPodInfo, type PodInfo, type PodLike } from '../../src/resolver/pod-index.ts';
 
 let seq = 0;
 function pod(overrides: Partial<PodInfo> = {}): PodInfo {
   seq++;
+  const ip = overrides.ip ?? overrides.ips?.[0] ?? `10.0.0.${seq}`;
   return {
     uid: `uid-${seq}`,
     name: `pod-${seq}`,
     namespace: 'ns',
-    ip: `10.0.0.${seq}`,
     serviceAccount: 'default',
     phase: 'Running',
     hostNetwork: false,
     deleting: false,
     ...overrides,
+    ip,
+    ips: overrides.ips ?? (ip ? [ip] : []),
   };
 }
 
@@ -36,6 +38,7 @@ describe('toPodInfo', () => {
       name: 'web',
       namespace: 'dev',
       ip: '10.1.2.3',
+      ips: ['10.1.2.3'],
       serviceAccount: 'sa',
       role: 'reader',
       externalId: 'ext-1',
@@ -129,7 +132,7 @@ describe('PodIndex', () => {
     const index = new PodIndex();
     const p = pod({ ip: '10.0.7.1' });
     index.upsert(p);
-    const moved = { ...p, ip: '10.0.7.2' };
+    const moved = { ...p, ip: '10.0.7.2', ips: ['10.0.7.2'] };
     index.upsert(moved);
     assert.deepEqual(index.byIp('10.0.7.1'), { kind: 'none' });
     assert.deepEqual(index.byIp('10.0.7.2'), { kind: 'pod', pod: moved });
@@ -188,5 +191,92 @@ describe('matchLive', () => {
     assert.deepEqual(matchLive([pod({ phase: 'Succeeded' }), live]), { kind: 'pod', pod: live });
     assert.deepEqual(matchLive([live, pod({ ip: '10.0.11.1' })]), { kind: 'ambiguous' });
     assert.deepEqual(matchLive([pod({ hostNetwork: true })]), { kind: 'none' });
+  });
+});
+
+describe('dual-stack pods (status.podIPs)', () => {
+  it('canonicalIp: IPv6 compressed and lower case, IPv4-mapped to IPv4, IPv4 and non-addresses untouched', () => {
+    const cases: Array<[string, string]> = [
+      ['10.0.0.5', '10.0.0.5'],
+      ['fd00:10:244::1a', 'fd00:10:244::1a'],
+      ['FD00:0010:0244:0000:0000:0000:0000:001A', 'fd00:10:244::1a'],
+      ['2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1'],
+      ['::ffff:10.0.0.5', '10.0.0.5'],
+      ['::FFFF:10.0.0.5', '10.0.0.5'],
+      ['::ffff:a00:5', '10.0.0.5'],
+      ['0:0:0:0:0:ffff:10.0.0.5', '10.0.0.5'],
+      ['::1', '::1'],
+      ['fe80::1%eth0', 'fe80::1'],
+      ['', ''],
+      ['not-an-ip', 'not-an-ip'],
+      ['fd00::zz', 'fd00::zz'],
+    ];
+    for (const [input, want] of cases) assert.equal(canonicalIp(input), want, input);
+  });
+
+  it('toPodInfo keeps every pod IP, canonical, primary first, without duplicates or invalid entries', () => {
+    const info = toPodInfo({
+      metadata: { uid: 'u' },
+      status: { phase: 'Running', podIP: '10.1.2.3', podIPs: [{ ip: '10.1.2.3' }, { ip: 'FD00:1:2::0003' }, { ip: 'bogus' }, null, {}, { ip: 'fd00:1:2::3' }] },
+    });
+    assert.equal(info.ip, '10.1.2.3');
+    assert.deepEqual(info.ips, ['10.1.2.3', 'fd00:1:2::3']);
+    const v6first = toPodInfo({ metadata: { uid: 'v' }, status: { podIPs: [{ ip: 'fd00::9' }, { ip: '10.9.9.9' }] } });
+    assert.equal(v6first.ip, 'fd00::9', 'podIPs alone: its first entry is the primary');
+    assert.deepEqual(v6first.ips, ['fd00::9', '10.9.9.9']);
+    assert.deepEqual(toPodInfo({ metadata: { uid: 'w' }, status: { podIP: '', podIPs: [] } }).ips, []);
+  });
+
+  it('maps each IP of a pod to it; a pod is found by either, in any spelling and IPv4-mapped', () => {
+    const index = new PodIndex();
+    const p = pod({ ips: ['10.0.20.1', 'fd00:20::1'] });
+    index.upsert(p);
+    for (const ip of ['10.0.20.1', 'fd00:20::1', 'FD00:20:0::0001', '::ffff:10.0.20.1']) assert.deepEqual(index.byIp(ip), { kind: 'pod', pod: p }, ip);
+    assert.equal(index.size, 1);
+    index.remove(p.uid);
+    assert.deepEqual(index.byIp('10.0.20.1'), { kind: 'none' });
+    assert.deepEqual(index.byIp('fd00:20::1'), { kind: 'none' });
+  });
+
+  it('ambiguity holds per IP: a shared IPv4 is ambiguous while each pod keeps its own IPv6', () => {
+    const index = new PodIndex();
+    const a = pod({ ips: ['10.0.21.1', 'fd00:21::a'] });
+    const b = pod({ ips: ['10.0.21.1', 'fd00:21::b'] });
+    index.upsert(a);
+    index.upsert(b);
+    assert.deepEqual(index.byIp('10.0.21.1'), { kind: 'ambiguous' });
+    assert.deepEqual(index.byIp('fd00:21::a'), { kind: 'pod', pod: a });
+    assert.deepEqual(index.byIp('fd00:21::b'), { kind: 'pod', pod: b });
+    index.remove(b.uid);
+    assert.deepEqual(index.byIp('10.0.21.1'), { kind: 'pod', pod: a });
+  });
+
+  it('an IPv6 change moves only that IP; a hostNetwork pod is indexed on neither', () => {
+    const index = new PodIndex();
+    const p = pod({ ips: ['10.0.22.1', 'fd00:22::1'] });
+    index.upsert(p);
+    const moved = { ...p, ips: ['10.0.22.1', 'fd00:22::2'] };
+    index.upsert(moved);
+    assert.deepEqual(index.byIp('fd00:22::1'), { kind: 'none' });
+    assert.deepEqual(index.byIp('fd00:22::2'), { kind: 'pod', pod: moved });
+    assert.deepEqual(index.byIp('10.0.22.1'), { kind: 'pod', pod: moved });
+    index.upsert(pod({ ips: ['10.0.22.9', 'fd00:22::9'], hostNetwork: true }));
+    assert.deepEqual(index.byIp('fd00:22::9'), { kind: 'none' });
+  });
+
+  it('waitForIp wakes for a secondary IP, asked in any spelling', async () => {
+    const index = new PodIndex();
+    const waiting = index.waitForIp('FD00:23::0001', new AbortController().signal);
+    index.upsert(pod({ ips: ['10.0.23.1', 'fd00:23::1'] }));
+    assert.equal(await waiting, true);
+    assert.equal(index.pendingWaits, 0);
+  });
+
+  it('matchLive with an IP counts only the candidates holding it', () => {
+    const a = pod({ ips: ['10.0.24.1', 'fd00:24::1'] });
+    const other = pod({ ips: ['10.0.24.2', 'fd00:24::2'] });
+    assert.deepEqual(matchLive([a, other], 'fd00:24::1'), { kind: 'pod', pod: a });
+    assert.deepEqual(matchLive([a, other], 'FD00:24::2'), { kind: 'pod', pod: other });
+    assert.deepEqual(matchLive([a, other], 'fd00:24::3'), { kind: 'none' });
   });
 });

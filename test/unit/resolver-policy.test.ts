@@ -8,7 +8,7 @@ import { slimNamespace } from '../../src/resolver/kube.ts';
 const BASE = 'arn:aws:iam::123456789012:role/';
 
 function pod(overrides: Partial<PodInfo> = {}): PodInfo {
-  return { uid: 'u1', name: 'web-1', namespace: 'dev', ip: '10.0.0.1', serviceAccount: 'sa', phase: 'Running', hostNetwork: false, deleting: false, ...overrides };
+  return { uid: 'u1', name: 'web-1', namespace: 'dev', ip: '10.0.0.1', ips: ['10.0.0.1'], serviceAccount: 'sa', phase: 'Running', hostNetwork: false, deleting: false, ...overrides };
 }
 
 function policy(options: Partial<PolicyOptions> = {}): Policy {

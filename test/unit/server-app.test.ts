@@ -39,16 +39,15 @@ const ROLE_BROKEN = identity('arn:aws:iam::123456789012:role/sts-down');
 class FakeLookup implements IdentityLookup {
   readonly byIp = new Map<string, Lookup>();
   calls = 0;
+  /** IPs asked for, in order. */
+  readonly asked: string[] = [];
   set(ip: string, found: Lookup): void {
     this.byIp.set(ip, found);
   }
   async lookup(ip: string): Promise<Lookup> {
     this.calls++;
+    this.asked.push(ip);
     return this.byIp.get(ip) ?? { kind: 'unknown' };
-  }
-  peekUid(ip: string): string | undefined {
-    const found = this.byIp.get(ip);
-    return found && 'pod' in found ? found.pod.uid : undefined;
   }
 }
 
@@ -239,11 +238,26 @@ describe('token endpoint', () => {
     assert.deepEqual(fake.requests, []);
   });
 
-  it('answers a token PUT without waiting on the pod look-up', async () => {
+  it('answers a token PUT once the look-up has placed the source on a pod, and binds the token to that pod', async () => {
     const { app, lookup } = await setup();
-    lookup.lookup = () => new Promise<Lookup>(() => {}); // would hang forever
-    const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: IP_UNKNOWN, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '300' } });
+    const ip = '10.1.0.60';
+    // A pod the live look-up finds before the watch has reported it.
+    let answer: (l: Lookup) => void = () => {};
+    lookup.lookup = (asked) => {
+      assert.equal(asked, ip);
+      return new Promise<Lookup>((resolve) => (answer = resolve));
+    };
+    const pending = app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: ip, headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '300' } });
+    await new Promise((r) => setImmediate(r));
+    answer({ kind: 'role', pod: pod('uid-live', ip, 'team-a', 'live'), identity: ROLE_A });
+    const res = await pending;
     assert.equal(res.statusCode, 200);
+    const found: Lookup = { kind: 'role', pod: pod('uid-live', ip, 'team-a', 'live'), identity: ROLE_A };
+    lookup.lookup = async () => found;
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', ip, { 'x-aws-ec2-metadata-token': res.body })).body, 'app-a');
+    // Another pod on that IP later: the token was bound to the first one's uid.
+    lookup.lookup = async () => ({ kind: 'role', pod: pod('uid-next', ip, 'team-a', 'next'), identity: ROLE_A });
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', ip, { 'x-aws-ec2-metadata-token': res.body }), 401);
   });
 });
 
@@ -256,13 +270,14 @@ describe('token checks on GET', () => {
   });
 
   it('answers 401 for an invalid token', async () => {
-    const { app, lookup } = await setup();
+    const { app, credentials, fake } = await setup();
     const token = await putToken(app, IP_A);
-    const calls = lookup.calls;
     for (const bad of ['nope', '', `${token.slice(0, -2)}AA`, token.toLowerCase()]) {
-      assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': bad }), 401);
+      assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': bad }), 401);
+      assertTerse(await get(app, '/latest/meta-data/instance-id', IP_A, { 'x-aws-ec2-metadata-token': bad }), 401);
     }
-    assert.equal(lookup.calls, calls, 'no lookup for a bad token');
+    assert.equal(credentials.calls, 0);
+    assert.deepEqual(fake.requests, []);
   });
 
   it('answers 401 once the token has expired', async () => {
@@ -288,22 +303,19 @@ describe('token checks on GET', () => {
     // app-a goes away, a new pod (another uid) gets the same IP and the same role.
     lookup.set(IP_A, { kind: 'role', pod: pod('uid-a2', IP_A, 'team-a', 'app-a-new'), identity: ROLE_A });
     assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
-    // The pod gone and the IP unknown: still refused.
+    // The pod gone and the IP unknown: refused before the token is even looked at.
     lookup.byIp.delete(IP_A);
-    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': token }), 403);
     // The new pod's own token works.
     lookup.set(IP_A, { kind: 'role', pod: pod('uid-a2', IP_A, 'team-a', 'app-a-new'), identity: ROLE_A });
     const fresh = await putToken(app, IP_A);
     assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, { 'x-aws-ec2-metadata-token': fresh })).statusCode, 200);
   });
 
-  it('binds a token minted before the pod was known to the IP only', async () => {
-    const { app, lookup } = await setup();
-    const ip = '10.1.0.50';
-    const token = await putToken(app, ip);
-    lookup.set(ip, { kind: 'role', pod: pod('uid-late', ip, 'team-a', 'late'), identity: ROLE_A });
-    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', ip, { 'x-aws-ec2-metadata-token': token })).body, 'app-a');
-    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+  it('mints no token for a source that is no pod of this node', async () => {
+    const { app } = await setup();
+    const res = await app.inject({ method: 'PUT', url: '/latest/api/token', remoteAddress: '10.1.0.50', headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '60' } });
+    assertTerse(res, 403);
   });
 });
 
@@ -370,36 +382,44 @@ describe('credentials', () => {
     assert.notEqual(other.InstanceProfileId, info.InstanceProfileId);
   });
 
-  it('answers 404 for security-credentials-extended and unknown iam paths, without a look-up', async () => {
-    const { app, lookup } = await setup();
+  it('answers 404 for security-credentials-extended and unknown iam paths, counting no denial', async () => {
+    const { app, metrics } = await setup();
     for (const url of ['/latest/meta-data/iam/security-credentials-extended/', '/latest/meta-data/iam/security-credentials-extended/app-a', '/latest/meta-data/iam/nothing', '/latest/meta-data/iam/security-credentials/app-a/more']) {
       assertTerse(await get(app, url, IP_A), 404);
       assertTerse(await get(app, url, IP_DENIED), 404);
     }
-    assert.equal(lookup.calls, 0);
+    assert.equal((await metrics.denials.get()).values.length, 0);
   });
 
-  it('answers 404 to a pod without a role, an unknown IP and an ambiguous IP', async () => {
+  it('answers 404 to a pod without a role, 403 to an unknown and an ambiguous IP', async () => {
     const { app, credentials, fake } = await setup();
-    for (const ip of [IP_NOROLE, IP_UNKNOWN, IP_AMBIGUOUS]) {
+    for (const [ip, status] of [[IP_NOROLE, 404], [IP_UNKNOWN, 403], [IP_AMBIGUOUS, 403]] as const) {
       for (const url of ['/latest/meta-data/iam/', '/latest/meta-data/iam/info', '/latest/meta-data/iam/security-credentials/', `/latest/meta-data/iam/security-credentials/${NODE_ROLE}`, '/latest/meta-data/iam/security-credentials/app-a']) {
-        assertTerse(await get(app, url, ip), 404);
+        assertTerse(await get(app, url, ip), status);
       }
     }
     assert.equal(credentials.calls, 0);
     assert.deepEqual(fake.requests, [], 'the node role is never asked for');
   });
 
-  it('answers 403 to a pod whose role is denied, 404 on extended, and leaves counting and the reason to the resolver', async () => {
-    const { app, logs, metrics } = await setup();
+  it('answers 403 to a pod whose role is denied, 404 on extended; counts the denial by code and logs its reason once per pod', async () => {
+    const { app, logs, metrics, fake } = await setup();
     const denied = await get(app, '/latest/meta-data/iam/security-credentials/', IP_DENIED);
     assertTerse(denied, 403);
     assert.doesNotMatch(denied.body, /sneaky|admin/);
     assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/admin-role', IP_DENIED), 403);
     assertTerse(await get(app, '/latest/meta-data/iam/security-credentials-extended/', IP_DENIED), 404);
-    assert.equal(logs.filter((l) => l.level >= 40).length, 0, 'the resolver logs denials, once per pod');
-    const denials = await metrics.denials.get();
-    assert.equal(denials.values.length, 0, 'the resolver counts policy denials, by reason');
+    // Pass-through and tokens are not credential requests: answered, and no denial counted for them.
+    assert.equal((await get(app, '/latest/meta-data/instance-id', IP_DENIED)).statusCode, 200);
+    await putToken(app, IP_DENIED);
+    const denials = (await metrics.denials.get()).values;
+    assert.deepEqual(denials.map((v) => [v.labels.reason, v.value]), [['not-permitted', 2]]);
+    const warns = logs.filter((l) => l.msg === 'credentials denied' && l.level === 40);
+    assert.equal(warns.length, 1, 'once per pod');
+    assert.deepEqual([warns[0]?.pod, warns[0]?.namespace, warns[0]?.code], ['sneaky-pod', 'sneaky-ns', 'not-permitted']);
+    assert.match(String(warns[0]?.reason), /does not permit/);
+    assert.equal(logs.filter((l) => l.msg === 'credentials denied' && l.level === 20).length, 1, 'then at debug');
+    assert.equal(fake.requests.filter((r) => /iam/.test(r.path)).length, 0);
   });
 
   it('answers 503 when no credentials can be had, and hands out nothing', async () => {
@@ -445,13 +465,13 @@ describe('credentials', () => {
   });
 
   it('answers 405 to methods other than GET and HEAD', async () => {
-    const { app, lookup } = await setup();
+    const { app, credentials } = await setup();
     for (const method of ['POST', 'PUT', 'DELETE', 'PATCH'] as const) {
       const res = await app.inject({ method, url: '/latest/meta-data/iam/security-credentials/app-a', remoteAddress: IP_A });
       assertTerse(res, 405);
       assert.equal(res.headers.allow, 'GET, HEAD');
     }
-    assert.equal(lookup.calls, 0);
+    assert.equal(credentials.calls, 0);
   });
 
   it('takes the source IP from the socket: X-Forwarded-For and friends are ignored', async () => {
@@ -524,7 +544,9 @@ describe('path spellings', () => {
   });
 
   it('handles raw request targets that inject would normalise (dot segments, absolute form, backslashes)', async () => {
-    const { app, fake } = await setup({ deny: [] });
+    const { app, fake, lookup } = await setup({ deny: [] });
+    // The client connects from loopback: here that is a pod without a role.
+    lookup.set('127.0.0.1', { kind: 'no-role', pod: pod('uid-lo', '127.0.0.1', 'plain', 'loopback-pod') });
     await app.listen({ host: '127.0.0.1', port: 0 });
     const { port } = app.server.address() as net.AddressInfo;
     const raw = async (target: string): Promise<{ status: number; body: string }> =>
@@ -535,7 +557,7 @@ describe('path spellings', () => {
         socket.on('error', reject);
         socket.on('close', () => resolve({ status: Number(data.slice(9, 12)), body: data.slice(data.indexOf('\r\n\r\n') + 4) }));
       });
-    // Loopback is not a pod: the lookup says unknown, so "ours" answers 404 — but never reaches upstream.
+    // A pod without a role: "ours" answers 404, and never reaches upstream.
     for (const target of [
       '/latest/meta-data/../meta-data/iam/security-credentials/',
       '/latest/meta-data/./iam/security-credentials/',
@@ -596,7 +618,7 @@ describe('pass-through', () => {
     assert.equal(JSON.parse(doc.body).accountId, '111122223333');
     const region = await get(app, '/2016-09-02/meta-data/placement/region', IP_NOROLE);
     assert.equal(region.body, 'eu-west-1');
-    const listing = await get(app, '/latest/meta-data/placement/', IP_UNKNOWN);
+    const listing = await get(app, '/latest/meta-data/placement/', IP_DENIED);
     assert.equal(listing.body, 'availability-zone\nregion');
     const missing = await get(app, '/latest/meta-data/nothing-here', IP_A);
     assert.equal(missing.statusCode, 404);
@@ -660,6 +682,73 @@ describe('pass-through', () => {
     assertTerse(await get(app, '/meta-data/instance-id', IP_A), 404);
     assertTerse(await get(app, '/favicon.ico', IP_A), 404);
     assert.deepEqual(fake.requests, []);
+  });
+});
+
+describe('only pods of this node are served', () => {
+  const requests: Array<{ method: 'GET' | 'PUT' | 'OPTIONS' | 'POST' | 'HEAD'; url: string; headers?: Record<string, string> }> = [
+    { method: 'GET', url: '/latest/meta-data/iam/security-credentials/' },
+    { method: 'GET', url: `/latest/meta-data/iam/security-credentials/${NODE_ROLE}` },
+    { method: 'GET', url: '/latest/meta-data/iam/info' },
+    { method: 'PUT', url: '/latest/api/token', headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '21600' } },
+    { method: 'OPTIONS', url: '/latest/api/token' },
+    { method: 'GET', url: '/latest/meta-data/instance-id' },
+    { method: 'HEAD', url: '/latest/meta-data/local-ipv4' },
+    { method: 'GET', url: '/latest/dynamic/instance-identity/document' },
+    { method: 'GET', url: '/latest/dynamic/instance-identity/pkcs7' },
+    { method: 'GET', url: '/latest/user-data' },
+    { method: 'GET', url: '/latest/meta-data/%zz/' },
+    { method: 'GET', url: '/' },
+    { method: 'POST', url: '/latest/meta-data/instance-id' },
+  ];
+
+  for (const [what, ip, reason] of [
+    ['another node, the VPC or the host (unknown)', IP_UNKNOWN, 'unknown'],
+    ['an IP two live pods share (ambiguous)', IP_AMBIGUOUS, 'ambiguous'],
+  ] as const) {
+    it(`answers 403 to ${what} for everything, and never calls the upstream`, async () => {
+      const { app, fake, credentials, metrics, logs, lookup } = await setup();
+      for (const r of requests) {
+        const res = await app.inject({ method: r.method, url: r.url, remoteAddress: ip, headers: r.headers ?? {} });
+        assert.equal(res.statusCode, 403, `${r.method} ${r.url}`);
+        if (r.method !== 'HEAD') assertTerse(res, 403);
+        assert.equal(res.headers['x-aws-ec2-metadata-token-ttl-seconds'], undefined);
+      }
+      assert.deepEqual(fake.requests, [], 'the upstream was never called');
+      assert.equal(credentials.calls, 0);
+      assert.equal(lookup.asked.length, requests.length, 'each request looked its source up (wait, then live look-up)');
+      const foreign = (await metrics.foreignSources.get()).values;
+      assert.deepEqual(foreign.map((v) => [v.labels.reason, v.value]), [[reason, requests.length]]);
+      const durations = (await metrics.requestDuration.get()).values.filter((v) => v.metricName === 'kiam_metadata_request_duration_seconds_count');
+      // (The malformed URL is refused from fastify's frameworkErrors, which runs no onResponse hook: not timed.)
+      assert.deepEqual(durations.map((v) => [v.labels.handler, v.labels.code, v.value]), [['foreign', '403', requests.length - 1]]);
+      const lines = logs.filter((l) => l.msg === 'request from a source that is not a pod of this node refused');
+      assert.equal(lines.filter((l) => l.level === 40).length, 1, 'warned once per address');
+      assert.equal(lines.filter((l) => l.level === 20).length, requests.length - 1, 'then at debug');
+      assert.deepEqual([lines[0]?.ip, lines[0]?.reason], [ip, reason]);
+      assert.equal((await metrics.denials.get()).values.length, 0, 'not a credential denial');
+    });
+  }
+
+  it('warns once per foreign address, each address on its own', async () => {
+    const { app, logs } = await setup();
+    for (const ip of ['10.9.0.1', '10.9.0.2', '10.9.0.1', 'fd00:9::1', 'fd00:9::1']) assertTerse(await get(app, '/latest/meta-data/instance-id', ip), 403);
+    const warned = logs.filter((l) => l.level === 40 && l.msg === 'request from a source that is not a pod of this node refused').map((l) => l.ip);
+    assert.deepEqual(warned, ['10.9.0.1', '10.9.0.2', 'fd00:9::1']);
+  });
+
+  it('serves a pod of this node on its IPv6 address, and an IPv4-mapped peer as its IPv4 address', async () => {
+    const { app, lookup, fake } = await setup();
+    const v6 = 'fd00:10:1::11';
+    lookup.set(v6, { kind: 'role', pod: pod('uid-a', IP_A, 'team-a', 'app-a-7d9f'), identity: ROLE_A });
+    const token = await putToken(app, v6);
+    const listing = await get(app, '/latest/meta-data/iam/security-credentials/', v6, { 'x-aws-ec2-metadata-token': token });
+    assert.equal(listing.body, 'app-a');
+    assert.equal((await get(app, '/latest/meta-data/instance-id', v6, { 'x-aws-ec2-metadata-token': token })).statusCode, 200);
+    assertTerse(await get(app, '/latest/meta-data/instance-id', IP_A, { 'x-aws-ec2-metadata-token': token }), 401);
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', `::ffff:${IP_B}`)).body, 'app-b');
+    assert.deepEqual(lookup.asked, [v6, v6, v6, IP_A, IP_B]);
+    assert.equal(fake.requests.filter((r) => r.method === 'GET').length, 1);
   });
 });
 

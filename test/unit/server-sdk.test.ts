@@ -50,7 +50,6 @@ describe('real SDK clients', () => {
       async lookup(ip: string): Promise<Lookup> {
         return ip === '127.0.0.1' ? { kind: 'role', pod: { uid: 'uid-sdk', ip, namespace: 'sdk', name: 'sdk-pod' }, identity: ROLE } : { kind: 'unknown' };
       },
-      peekUid: (ip) => (ip === '127.0.0.1' ? 'uid-sdk' : undefined),
     };
     const credentials: CredentialProvider = { get: async (id) => (id.key === ROLE.key ? creds : Promise.reject(new Error('no'))) };
     const logger = pino({ level: 'silent' });

@@ -32,9 +32,6 @@ class Lookups implements IdentityLookup {
     this.lookups++;
     return this.answer;
   }
-  peekUid(): string | undefined {
-    return 'pod' in this.answer ? this.answer.pod.uid : undefined;
-  }
   peek(): Lookup | undefined {
     this.peeks++;
     return this.answer;
@@ -201,7 +198,7 @@ describe('warm path', () => {
     f.lookup.answer = { kind: 'no-role', pod: { uid: 'uid-a', ip: IP, namespace: 'team-a', name: 'app-a-1' } };
     assert.equal((await get(f.port, LISTING)).status, 404);
     f.lookup.answer = { kind: 'ambiguous' };
-    assert.equal((await get(f.port, LISTING)).status, 404);
+    assert.equal((await get(f.port, LISTING)).status, 403, 'no pod of this node: refused');
     assert.equal(f.lookup.lookups, 6);
   });
 

@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Clock } from '../../clock.ts';
 import type { Metrics } from '../../metrics.ts';
-import type { CredentialProvider, Credentials, IdentityLookup, Lookup, PodRef, RoleIdentity } from '../ports.ts';
+import type { CredentialProvider, Credentials, Lookup, PodLookup, PodRef, RoleIdentity } from '../ports.ts';
 import { OnceSet, isoSeconds, sendError, sendText } from './respond.ts';
 
 /**
@@ -16,14 +16,14 @@ import { OnceSet, isoSeconds, sendError, sendText } from './respond.ts';
  *   iam/security-credentials-extended/…     404 (SDKs that try it first fall back on 404)
  *   anything else under iam/                404
  *
- * Pod without a role, unknown or ambiguous IP → 404; a role the namespace does not permit → 403 (the
- * reason is logged, never sent). Credentials that cannot be had → 503: every SDK treats a 5xx as a
+ * Pod without a role → 404; a role the namespace does not permit → 403 (the reason is logged at warn once per
+ * pod and reason, and counted in kiam_credential_denials_total{reason}; never sent). Sources that are no pod of
+ * this node never get here (app.ts answers them 403). Credentials that cannot be had → 503: every SDK treats a 5xx as a
  * failed fetch (botocore, Go and the JS SDK retry or report it; none falls back to anything else on the
  * metadata service), so a pod is told "try again" without being handed anything, and a 404 would wrongly
  * suggest the role is gone.
  */
 export interface IamContext {
-  lookup: IdentityLookup;
   credentials: CredentialProvider;
   metrics: Metrics;
   logger: Logger;
@@ -56,8 +56,11 @@ function rendered(body: string): Rendered {
 }
 
 export interface IamHandlers {
-  /** Everything under <version>/meta-data/iam/ (rest: the segments after `iam`), through fastify. */
-  handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[]): Promise<FastifyReply>;
+  /**
+   * Everything under <version>/meta-data/iam/ (rest: the segments after `iam`), through fastify, for the pod the
+   * caller found at ip.
+   */
+  handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[], found: PodLookup): Promise<FastifyReply>;
   /**
    * The warm path, for a raw GET whose target is exactly CREDENTIALS_PATH or CREDENTIALS_PATH + the pod's role:
    * the finished response when the pod is already indexed with a role (token already checked by the caller) and,
@@ -69,6 +72,7 @@ export interface IamHandlers {
 
 export function createIamHandler(ctx: IamContext): IamHandlers {
   const warned = new OnceSet(1000);
+  const deniedLogged = new OnceSet(1000);
   /** Credentials object → its document: rendered when first served, dropped with the credentials. */
   const documents = new WeakMap<Credentials, RenderedDocument>();
   /** Role identity → its listing body. */
@@ -106,22 +110,19 @@ export function createIamHandler(ctx: IamContext): IamHandlers {
     if (ctx.logger.isLevelEnabled('debug')) ctx.logger.debug({ ip, pod: pod.name, namespace: pod.namespace, role: identity.roleArn }, 'role listing');
   }
 
-  function refuse(reply: FastifyReply, found: Exclude<Lookup, { kind: 'role' }>, ip: string, handler: IamHandler): FastifyReply {
-    switch (found.kind) {
-      case 'denied':
-        // The resolver counts and logs policy denials (with their reason); the pod only sees the status.
-        ctx.logger.debug({ ip, pod: found.pod.name, namespace: found.pod.namespace, handler }, 'role denied to pod');
-        return sendError(reply, 403);
-      case 'no-role':
-        ctx.metrics.denials.inc({ reason: 'no-role' });
-        ctx.logger.debug({ ip, pod: found.pod.name, namespace: found.pod.namespace, handler }, 'pod has no role');
-        return sendError(reply, 404);
-      case 'unknown':
-      case 'ambiguous':
-        // Counted by the resolver (kiam_pod_ip_unknown_total, kiam_pod_ip_ambiguous_total).
-        ctx.logger.debug({ ip, handler, lookup: found.kind }, 'no pod for source IP');
-        return sendError(reply, 404);
+  function refuse(reply: FastifyReply, found: Exclude<PodLookup, { kind: 'role' }>, ip: string, handler: IamHandler): FastifyReply {
+    const { pod } = found;
+    if (found.kind === 'denied') {
+      // The reason goes to the log (at warn once per pod and reason) and the metric; the pod only sees the status.
+      ctx.metrics.denials.inc({ reason: found.code });
+      const fields = { ip, pod: pod.name, namespace: pod.namespace, role: found.role, reason: found.reason, code: found.code, handler };
+      if (deniedLogged.first(`${pod.uid}\0${found.code}\0${found.reason}`)) ctx.logger.warn(fields, 'credentials denied');
+      else ctx.logger.debug(fields, 'credentials denied');
+      return sendError(reply, 403);
     }
+    ctx.metrics.denials.inc({ reason: 'no-role' });
+    ctx.logger.debug({ ip, pod: pod.name, namespace: pod.namespace, handler }, 'pod has no role');
+    return sendError(reply, 404);
   }
 
   function cached(url: string, ip: string, found: Extract<Lookup, { kind: 'role' }>): Rendered | undefined {
@@ -139,7 +140,7 @@ export function createIamHandler(ctx: IamContext): IamHandlers {
     return doc;
   }
 
-  async function handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[]): Promise<FastifyReply> {
+  async function handle(request: FastifyRequest, reply: FastifyReply, ip: string, rest: string[], found: PodLookup): Promise<FastifyReply> {
     const first = rest[0]?.toLowerCase();
     let handler: IamHandler;
     if (rest.length === 0) handler = 'iam';
@@ -152,7 +153,6 @@ export function createIamHandler(ctx: IamContext): IamHandlers {
     }
     request.kiamHandler = handler;
 
-    const found = await ctx.lookup.lookup(ip);
     if (found.kind !== 'role') return refuse(reply, found, ip, handler);
     const { pod, identity } = found;
 

@@ -1,6 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import type { IdentityLookup } from '../ports.ts';
 import { parseTtl, type TokenService } from '../tokens.ts';
 import { sendError } from './respond.ts';
 
@@ -8,12 +7,11 @@ import { sendError } from './respond.ts';
  * /latest/api/token, as real IMDS: PUT with X-aws-ec2-metadata-token-ttl-seconds 1..21600 → 200, the token,
  * the TTL echoed (Go needs it); TTL missing or out of range → 400; a PUT with X-Forwarded-For → 403
  * (proxied token requests are refused); OPTIONS → 200; anything else → 405 with `Allow: OPTIONS, PUT`.
- * The token binds to the source IP and, when the pod holding it is already known, to its uid (never
- * waited for: the PUT is answered at once).
+ * Only a pod of this node gets here (app.ts refuses other sources first): the token binds to the source IP and
+ * to the uid of the pod found there.
  */
 export interface TokenRouteContext {
   tokens: TokenService;
-  lookup: IdentityLookup;
   logger: Logger;
 }
 
@@ -21,7 +19,7 @@ const ALLOW = 'OPTIONS, PUT';
 const TTL_HEADER = 'x-aws-ec2-metadata-token-ttl-seconds';
 
 export function createTokenHandler(ctx: TokenRouteContext) {
-  return function handleToken(request: FastifyRequest, reply: FastifyReply, ip: string): FastifyReply {
+  return function handleToken(request: FastifyRequest, reply: FastifyReply, ip: string, podUid: string): FastifyReply {
     request.kiamHandler = 'token';
     if (request.method === 'OPTIONS') return reply.code(200).header('allow', ALLOW).send();
     if (request.method !== 'PUT') return sendError(reply.header('allow', ALLOW), 405);
@@ -34,7 +32,7 @@ export function createTokenHandler(ctx: TokenRouteContext) {
       ctx.logger.debug({ ip }, 'token PUT with a missing or invalid TTL');
       return sendError(reply, 400);
     }
-    const token = ctx.tokens.mint(ip, ctx.lookup.peekUid(ip), ttl);
+    const token = ctx.tokens.mint(ip, podUid, ttl);
     return reply.code(200).header('content-type', 'text/plain').header(TTL_HEADER, String(ttl)).send(token);
   };
 }
