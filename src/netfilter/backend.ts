@@ -14,6 +14,9 @@ export interface Backend {
   save: string;
   /** e.g. iptables-nft-restore */
   restore: string;
+  /** The IPv6 counterparts on the same backend, e.g. ip6tables-nft-save and ip6tables-nft-restore. */
+  save6: string;
+  restore6: string;
   /** Why this backend was chosen, for logs and `kiam iptables status`. */
   reason: string;
   /** Set when auto-detection had to guess because one backend's save failed (e.g. no CAP_NET_RAW for legacy). */
@@ -24,8 +27,16 @@ export interface Backend {
 const DETECT_TIMEOUT_MS = 5000;
 const KUBELET_CHAINS = /^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY)\s/m;
 
+/** The binaries of a backend. ip6tables uses the same backend as iptables: the choice is made once, for both. */
 export function backendCommands(name: BackendName, reason: string): Backend {
-  return { name, save: `iptables-${name}-save`, restore: `iptables-${name}-restore`, reason };
+  return {
+    name,
+    save: `iptables-${name}-save`,
+    restore: `iptables-${name}-restore`,
+    save6: `ip6tables-${name}-save`,
+    restore6: `ip6tables-${name}-restore`,
+    reason,
+  };
 }
 
 /**

@@ -1,23 +1,32 @@
 /**
  * Installs the interception rules, re-checks them on a timer and re-applies them on drift, removes them.
- * Every iptables call goes through the CommandRunner; every write is one iptables-restore transaction.
+ * Every iptables call goes through the CommandRunner; every write is one iptables-restore transaction per
+ * family (iptables, and ip6tables when the spec has an IPv6 host address), covering the nat DNAT chain and the
+ * filter backstop together.
  */
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Backend, BackendName } from './backend.ts';
-import { runChecked, type CommandRunner } from './exec.ts';
+import { CommandError, EXIT_NOT_FOUND, runChecked, type CommandResult, type CommandRunner } from './exec.ts';
 import {
   assertValidRuleSpec,
-  chainState,
-  compare,
+  backstopChain,
+  compareFamily,
+  desiredBackstop,
   desiredRules,
+  familyState,
   formatArgs,
-  METADATA_IP,
+  HOOK_CHAINS,
+  metadataAddress,
   METADATA_PORT,
   renderInstall,
   renderRemove,
+  rulesAhead,
   type ChainState,
+  type FamilyState,
+  type IpFamily,
+  type ResolvedRuleSpec,
   type RuleSpec,
 } from './rules.ts';
 
@@ -35,11 +44,21 @@ export interface RuleReconcilerDeps {
   intervalMs: number;
 }
 
-/** What `kiam iptables status` prints: a plain, JSON-friendly object. */
-export interface RuleStatus {
-  backend: BackendName;
-  backendReason: string;
+/** The backstop part of a family's status. */
+export interface BackstopStatus {
+  /** The filter chain, e.g. KIAM-METADATA-BACKSTOP. */
   chain: string;
+  chainPresent: boolean;
+  /** 1-based positions of the jumps from filter INPUT and FORWARD (exactly one each, at 1, when installed). */
+  jumpPositions: { INPUT: number[]; FORWARD: number[] };
+  /** The chain's rules as wanted and as found, as `-A CHAIN …` lines. */
+  rulesWanted: string[];
+  rulesFound: string[];
+}
+
+/** What one family (iptables or ip6tables) holds. */
+export interface FamilyStatus {
+  /** The nat chain is there. */
   chainPresent: boolean;
   /** PREROUTING jumps to the chain at least once. */
   jumpPresent: boolean;
@@ -47,12 +66,41 @@ export interface RuleStatus {
   jumpPosition: number | null;
   /** Positions of every PREROUTING jump (more than one is drift). */
   jumpPositions: number[];
-  /** The chain's rules as wanted and as found, as `-A CHAIN …` lines. */
+  /** The nat chain's rules as wanted and as found, as `-A CHAIN …` lines. */
   rulesWanted: string[];
   rulesFound: string[];
+  backstop: BackstopStatus;
+  /**
+   * The rules ahead of our jumps in nat PREROUTING and filter INPUT/FORWARD, as `-A CHAIN …` lines. Only those
+   * that handle the metadata address are drift (a CNI's or kube-proxy's jumps ahead of ours are not).
+   */
+  rulesAhead: string[];
   inSync: boolean;
   /** Why it is not in sync; empty when it is. */
   drift: string[];
+}
+
+/** The ip6tables part of the status. */
+export interface Ipv6Status extends FamilyStatus {
+  /**
+   * The DNAT target wanted for fd00:ec2::254; null when IPv6 is not managed (no IPv6 host address): the
+   * section then only shows what is there, inSync says whether all of it is, and the top level ignores it.
+   */
+  hostIpv6: string | null;
+  /** Why ip6tables could not be read (not installed, no IPv6 in the kernel, …); everything then reads as absent. */
+  error?: string;
+}
+
+/**
+ * What `kiam iptables status` prints: a plain, JSON-friendly object. The top-level fields other than `ipv6` describe
+ * iptables (IPv4) as they always did, except `inSync` and `drift`, which cover both families when IPv6 is managed
+ * (IPv6 drift prefixed `ipv6: `).
+ */
+export interface RuleStatus extends FamilyStatus {
+  backend: BackendName;
+  backendReason: string;
+  chain: string;
+  ipv6: Ipv6Status;
 }
 
 const SAVE_TIMEOUT_MS = 15_000;
@@ -60,19 +108,25 @@ const RESTORE_TIMEOUT_MS = 30_000;
 const CONNTRACK_TIMEOUT_MS = 10_000;
 
 export class RuleReconciler {
+  /** The interceptor port's label (see interceptor.ts). */
+  readonly kind = 'iptables' as const;
   private readonly runner: CommandRunner;
   private readonly clock: Clock;
   private readonly metrics: RuleReconcilerDeps['metrics'];
   private readonly logger: Logger;
-  private readonly spec: Required<RuleSpec>;
+  private readonly spec: ResolvedRuleSpec;
   private readonly backend: Backend;
   private readonly intervalMs: number;
+  /** ipv4, and ipv6 when the spec has an IPv6 host address. */
+  private readonly families: readonly IpFamily[];
 
   private timer: Timer | undefined;
   private running = false;
   /** Serialises install/check/remove so a timer tick never interleaves with an explicit call. */
   private queue: Promise<unknown> = Promise.resolve();
   private isPresent = false;
+  /** Shadowing rules already warned about (family and rule), so each is logged once. */
+  private readonly warnedShadows = new Set<string>();
 
   /** Throws a RuleSpecError (every problem named) for an invalid spec. */
   constructor(deps: RuleReconcilerDeps) {
@@ -86,6 +140,7 @@ export class RuleReconciler {
     this.logger = deps.logger.child({ component: 'iptables', backend: deps.backend.name, chain: this.spec.chain });
     this.backend = deps.backend;
     this.intervalMs = deps.intervalMs;
+    this.families = this.spec.hostIpv6 === undefined ? ['ipv4'] : ['ipv4', 'ipv6'];
   }
 
   /** True while the rules are known to be in place (last install/check succeeded, no remove since). */
@@ -93,36 +148,47 @@ export class RuleReconciler {
     return this.isPresent;
   }
 
-  /** Write the chain and the jump in one transaction, then flush conntrack entries for the metadata address. */
+  /**
+   * Write the chains and the jumps, one transaction per family, then flush conntrack entries for the metadata
+   * address. Every family is read first, so a missing ip6tables fails the install before anything is written.
+   */
   install(): Promise<void> {
     return this.exclusive(async () => {
-      const live = await this.read();
-      await this.apply(live);
-      this.logger.info({ hostIp: this.spec.hostIp, port: this.spec.port, hostInterfaces: this.spec.hostInterfaces }, 'interception rules installed');
+      const lives: Array<[IpFamily, FamilyState]> = [];
+      for (const family of this.families) lives.push([family, await this.read(family)]);
+      for (const [family, live] of lives) this.warnShadowing(family, compareFamily(this.spec, live, family).shadowing);
+      for (const [family, live] of lives) await this.apply(family, live);
+      this.setPresent(true);
+      this.logger.info(
+        { hostIp: this.spec.hostIp, hostIpv6: this.spec.hostIpv6, port: this.spec.port, hostInterfaces: this.spec.hostInterfaces },
+        'interception rules installed',
+      );
     });
   }
 
-  /** Compare the live rules with the wanted ones and re-apply on drift. Counts every outcome, error included. */
+  /**
+   * Compare the live rules with the wanted ones and re-apply on drift, each family on its own (a failure in one does
+   * not keep the other from being repaired). Counts every outcome, error included.
+   */
   check(): Promise<CheckResult> {
     return this.exclusive(async () => {
-      try {
-        const live = await this.read();
-        const { inSync, drift } = compare(this.spec, live);
-        if (inSync) {
-          this.setPresent(true);
-          this.metrics.ruleReconciles.inc({ result: 'in-sync' });
-          return 'in-sync';
+      let repaired = false;
+      let failure: unknown;
+      for (const family of this.families) {
+        try {
+          if (await this.checkFamily(family)) repaired = true;
+        } catch (err) {
+          failure ??= err;
         }
-        this.setPresent(false);
-        this.logger.warn({ drift }, 'interception rules drifted; re-applying');
-        await this.apply(live);
-        this.metrics.ruleReconciles.inc({ result: 'repaired' });
-        this.logger.info('interception rules repaired');
-        return 'repaired';
-      } catch (err) {
-        this.metrics.ruleReconciles.inc({ result: 'error' });
-        throw err;
       }
+      if (failure !== undefined) {
+        this.metrics.ruleReconciles.inc({ result: 'error' });
+        throw failure;
+      }
+      this.setPresent(true);
+      const result: CheckResult = repaired ? 'repaired' : 'in-sync';
+      this.metrics.ruleReconciles.inc({ result });
+      return result;
     });
   }
 
@@ -142,7 +208,7 @@ export class RuleReconciler {
   }
 
   /**
-   * Stop the timer, then delete every jump to the chain and the chain itself in one transaction.
+   * Stop the timer, then delete every jump to the chains and the chains themselves, one transaction per family.
    * Idempotent: returns false (and writes nothing) when nothing is there.
    */
   async remove(): Promise<boolean> {
@@ -154,7 +220,7 @@ export class RuleReconciler {
     });
   }
 
-  /** Read the live state (one iptables-save) and describe it. */
+  /** Read the live state (one iptables-save per family) and describe it. */
   status(): Promise<RuleStatus> {
     return readStatus(this.runner, this.backend, this.spec);
   }
@@ -177,23 +243,44 @@ export class RuleReconciler {
     }
   }
 
-  private read(): Promise<ChainState> {
-    return readChain(this.runner, this.backend, this.spec.chain);
+  /** One family's check: true when it was repaired, false when in sync. */
+  private async checkFamily(family: IpFamily): Promise<boolean> {
+    const live = await this.read(family);
+    const { inSync, drift, shadowing } = compareFamily(this.spec, live, family);
+    this.warnShadowing(family, shadowing);
+    if (inSync) return false;
+    this.setPresent(false);
+    this.logger.warn({ family, drift }, 'interception rules drifted; re-applying');
+    await this.apply(family, live);
+    this.logger.info({ family }, 'interception rules repaired');
+    return true;
   }
 
-  private async apply(live: ChainState): Promise<void> {
+  private warnShadowing(family: IpFamily, shadowing: readonly string[]): void {
+    for (const rule of shadowing) {
+      const key = `${family} ${rule}`;
+      if (this.warnedShadows.has(key)) continue;
+      this.warnedShadows.add(key);
+      this.logger.warn(
+        { family, rule },
+        `a rule ahead of our jump handles ${metadataAddress(family)} and would take that traffic first (another metadata proxy such as kube2iam?); ` +
+          'our jump is moved back to position 1: remove the other proxy and its rule',
+      );
+    }
+  }
+
+  private read(family: IpFamily): Promise<FamilyState> {
+    return readFamily(this.runner, this.backend, family, this.spec.chain);
+  }
+
+  private async apply(family: IpFamily, live: FamilyState): Promise<void> {
     try {
-      await this.restore(renderInstall(this.spec, live));
+      await restore(this.runner, this.backend, family, renderInstall(this.spec, live, family));
     } catch (err) {
       this.setPresent(false);
       throw err;
     }
-    this.setPresent(true);
-    await this.flushConntrack();
-  }
-
-  private restore(payload: string): Promise<void> {
-    return restore(this.runner, this.backend, payload);
+    await this.flushConntrack(family);
   }
 
   /**
@@ -201,14 +288,15 @@ export class RuleReconciler {
    * on reaching the real service: delete them. Exit 1 with "0 flow entries" means there were none.
    * Failure here is a warning: the rules themselves are in place.
    */
-  private async flushConntrack(): Promise<void> {
-    const argv = ['conntrack', '-D', '-p', 'tcp', '--orig-dst', METADATA_IP, '--orig-port-dst', String(METADATA_PORT)];
+  private async flushConntrack(family: IpFamily): Promise<void> {
+    const address = metadataAddress(family);
+    const argv = ['conntrack', ...(family === 'ipv6' ? ['-f', 'ipv6'] : []), '-D', '-p', 'tcp', '--orig-dst', address, '--orig-port-dst', String(METADATA_PORT)];
     const result = await this.runner.run(argv, { timeoutMs: CONNTRACK_TIMEOUT_MS });
     if (result.code === 0 || (result.code === 1 && /\b0 flow entries\b/.test(result.stderr + result.stdout))) return;
     const problem = result.code === 127 ? 'conntrack is not installed' : `conntrack exited ${result.code}`;
     this.logger.warn(
       { argv, code: result.code, stderr: result.stderr.trim() },
-      `${problem}: connections to ${METADATA_IP} opened before the rules were installed may still reach the real metadata service`,
+      `${problem}: connections to ${address} opened before the rules were installed may still reach the real metadata service`,
     );
   }
 
@@ -224,58 +312,121 @@ export class RuleReconciler {
   }
 }
 
-async function readChain(runner: CommandRunner, backend: Backend, chain: string): Promise<ChainState> {
-  const result = await runChecked(runner, [backend.save, '-t', 'nat'], { timeoutMs: SAVE_TIMEOUT_MS });
-  return chainState(result.stdout, chain);
+function saveCommand(backend: Backend, family: IpFamily): string {
+  return family === 'ipv6' ? backend.save6 : backend.save;
 }
 
-async function restore(runner: CommandRunner, backend: Backend, payload: string): Promise<void> {
-  await runChecked(runner, [backend.restore, '--noflush', '--wait', '5'], { input: payload, timeoutMs: RESTORE_TIMEOUT_MS });
+/** One family's iptables-save, every table (nat and filter are both needed). */
+function save(runner: CommandRunner, backend: Backend, family: IpFamily): Promise<CommandResult> {
+  return runner.run([saveCommand(backend, family)], { timeoutMs: SAVE_TIMEOUT_MS });
+}
+
+async function readFamily(runner: CommandRunner, backend: Backend, family: IpFamily, chain: string): Promise<FamilyState> {
+  const result = await runChecked(runner, [saveCommand(backend, family)], { timeoutMs: SAVE_TIMEOUT_MS });
+  return familyState(result.stdout, chain);
+}
+
+async function restore(runner: CommandRunner, backend: Backend, family: IpFamily, payload: string): Promise<void> {
+  const command = family === 'ipv6' ? backend.restore6 : backend.restore;
+  await runChecked(runner, [command, '--noflush', '--wait', '5'], { input: payload, timeoutMs: RESTORE_TIMEOUT_MS });
+}
+
+function firstLine(text: string): string {
+  return text.trim().split('\n')[0] || 'no output';
 }
 
 /**
- * Delete every jump to the chain and the chain itself in one transaction. Needs no rule spec, so
- * `kiam iptables remove` can clean up with nothing but the backend. Returns false (writing nothing) when
- * nothing is there.
+ * Delete every jump to the chain and to its backstop, and both chains, one transaction per family. Needs no rule
+ * spec, so `kiam iptables remove` can clean up with nothing but the backend. IPv4 first; ip6tables is then read
+ * too, and a node where it cannot be read (not installed, no IPv6) only gets a log line. Returns false (writing
+ * nothing) when nothing is there.
  */
 export async function removeChain(runner: CommandRunner, backend: Backend, chain: string, logger: Logger): Promise<boolean> {
-  const live = await readChain(runner, backend, chain);
-  const payload = renderRemove(chain, live);
-  if (payload === null) {
-    logger.info({ chain }, 'no interception rules to remove');
-    return false;
+  let removed = false;
+  for (const family of ['ipv4', 'ipv6'] as const) {
+    const result = await save(runner, backend, family);
+    if (result.code !== 0 && family === 'ipv4') throw new CommandError([backend.save], result);
+    if (result.code !== 0) {
+      logger[result.code === EXIT_NOT_FOUND ? 'info' : 'warn'](
+        { argv: [backend.save6], code: result.code, stderr: result.stderr.trim() },
+        `cannot read ip6tables (${firstLine(result.stderr)}): IPv6 rules, if any, not removed`,
+      );
+      continue;
+    }
+    const live = familyState(result.stdout, chain);
+    const payload = renderRemove(chain, live);
+    if (payload === null) continue;
+    await restore(runner, backend, family, payload);
+    removed = true;
+    logger.info({ family, chain, backstop: backstopChain(chain), jumpsRemoved: live.nat.jumps.length + live.backstop.jumps.length }, 'interception rules removed');
   }
-  await restore(runner, backend, payload);
-  logger.info({ chain, jumpsRemoved: live.jumps.length }, 'interception rules removed');
-  return true;
+  if (!removed) logger.info({ chain }, 'no interception rules to remove');
+  return removed;
 }
 
 /**
- * Describe what is present. With a spec, also what is wanted and whether the two agree; without one
- * (`kiam iptables status` given no --host-ip), rulesWanted is empty and inSync says only whether anything is there.
+ * Describe what is present, in both families. With a spec, also what is wanted and whether the two agree;
+ * without one (`kiam iptables status` given no --host-ip), rulesWanted is empty and inSync says only whether
+ * everything is there. ip6tables is compared only when the spec has an IPv6 host address; otherwise it is
+ * described (when it can be read) and left out of the top-level inSync.
  */
 export async function readStatus(
   runner: CommandRunner,
   backend: Backend,
-  spec: Required<RuleSpec> | { chain: string },
+  spec: ResolvedRuleSpec | { chain: string },
 ): Promise<RuleStatus> {
   const chain = spec.chain;
-  const live = await readChain(runner, backend, chain);
-  const full = 'hostIp' in spec;
-  const { inSync, drift, jumpPositions } = full
-    ? compare(spec, live)
-    : { inSync: live.chainPresent && live.jumps.length > 0, drift: [], jumpPositions: live.jumps.filter((j) => j.chain === 'PREROUTING').map((j) => j.position) };
+  const full = 'hostIp' in spec ? spec : undefined;
+  const v4 = familyStatus(await readFamily(runner, backend, 'ipv4', chain), chain, 'ipv4', full);
+  const managed = full?.hostIpv6 !== undefined ? full : undefined;
+  const result6 = await save(runner, backend, 'ipv6');
+  let v6: Ipv6Status;
+  if (result6.code === 0) {
+    v6 = { ...familyStatus(familyState(result6.stdout, chain), chain, 'ipv6', managed), hostIpv6: managed?.hostIpv6 ?? null };
+  } else {
+    const error = `${backend.save6} exited ${result6.code}: ${firstLine(result6.stderr)}`;
+    const empty = familyStatus(familyState('', chain), chain, 'ipv6', managed);
+    v6 = { ...empty, hostIpv6: managed?.hostIpv6 ?? null, error, ...(managed ? { inSync: false, drift: [`cannot read ip6tables: ${error}`] } : {}) };
+  }
   return {
     backend: backend.name,
     backendReason: backend.reason,
     chain,
-    chainPresent: live.chainPresent,
+    ...v4,
+    inSync: v4.inSync && (!managed || v6.inSync),
+    drift: [...v4.drift, ...(managed ? v6.drift.map((d) => `ipv6: ${d}`) : [])],
+    ipv6: v6,
+  };
+}
+
+function familyStatus(live: FamilyState, chain: string, family: IpFamily, spec: ResolvedRuleSpec | undefined): FamilyStatus {
+  const backstop = backstopChain(chain);
+  const lines = (name: string, rules: readonly string[]) => rules.map((rule) => `-A ${name} ${rule}`);
+  const positions = (state: ChainState, hook: string) => state.jumps.filter((j) => j.chain === hook).map((j) => j.position);
+  const compared = spec ? compareFamily(spec, live, family) : undefined;
+  // Without a spec, inSync says only whether everything is there: both chains and every hook's jump.
+  const everything =
+    live.nat.chainPresent && live.backstop.chainPresent &&
+    HOOK_CHAINS.nat.every((h) => positions(live.nat, h).length > 0) && HOOK_CHAINS.filter.every((h) => positions(live.backstop, h).length > 0);
+  const jumpPositions = positions(live.nat, 'PREROUTING');
+  const address = metadataAddress(family);
+  const ahead = [...rulesAhead(live.nat, address), ...rulesAhead(live.backstop, address)].map((r) => `-A ${r.chain} ${r.spec}`);
+  return {
+    chainPresent: live.nat.chainPresent,
     jumpPresent: jumpPositions.length > 0,
     jumpPosition: jumpPositions[0] ?? null,
     jumpPositions,
-    rulesWanted: full ? desiredRules(spec).map((args) => `-A ${chain} ${formatArgs(args)}`) : [],
-    rulesFound: live.rules.map((rule) => `-A ${chain} ${rule}`),
-    inSync,
-    drift,
+    rulesWanted: spec ? lines(chain, desiredRules(spec, family).map(formatArgs)) : [],
+    rulesFound: lines(chain, live.nat.rules),
+    backstop: {
+      chain: backstop,
+      chainPresent: live.backstop.chainPresent,
+      jumpPositions: { INPUT: positions(live.backstop, 'INPUT'), FORWARD: positions(live.backstop, 'FORWARD') },
+      rulesWanted: spec ? lines(backstop, desiredBackstop(spec, family).map(formatArgs)) : [],
+      rulesFound: lines(backstop, live.backstop.rules),
+    },
+    rulesAhead: ahead,
+    inSync: compared?.inSync ?? everything,
+    drift: compared?.drift ?? [],
   };
 }

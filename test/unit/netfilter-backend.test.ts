@@ -20,6 +20,13 @@ describe('detectBackend', () => {
     assert.equal(runner.calls.length, 0);
   });
 
+  it('carries the ip6tables binaries of the same backend', () => {
+    const nft = backendCommands('nft', 'x');
+    assert.deepEqual([nft.save6, nft.restore6], ['ip6tables-nft-save', 'ip6tables-nft-restore']);
+    const legacy = backendCommands('legacy', 'x');
+    assert.deepEqual([legacy.save6, legacy.restore6], ['ip6tables-legacy-save', 'ip6tables-legacy-restore']);
+  });
+
   it('chooses nft when kubelet chains are in the nft mangle table', async () => {
     const runner = new ScriptedRunner().expect(['iptables-nft-save', '-t', 'mangle'], { stdout: MANGLE_KUBELET });
     const backend = await detectBackend(runner, 'auto');
@@ -34,7 +41,10 @@ describe('detectBackend', () => {
       .expect(['iptables-nft-save', '-t', 'mangle'], { stdout: MANGLE_EMPTY })
       .expect(['iptables-legacy-save'], { stdout: MANGLE_KUBELET });
     const backend = await detectBackend(runner, 'auto');
-    assert.deepEqual([backend.name, backend.save, backend.restore], ['legacy', 'iptables-legacy-save', 'iptables-legacy-restore']);
+    assert.deepEqual(
+      [backend.name, backend.save, backend.restore, backend.save6, backend.restore6],
+      ['legacy', 'iptables-legacy-save', 'iptables-legacy-restore', 'ip6tables-legacy-save', 'ip6tables-legacy-restore'],
+    );
     runner.assertDone();
   });
 

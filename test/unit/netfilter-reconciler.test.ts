@@ -5,26 +5,43 @@ import { pino } from 'pino';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
 import { backendCommands } from '../../src/netfilter/backend.ts';
 import { CommandError } from '../../src/netfilter/exec.ts';
-import { RuleReconciler } from '../../src/netfilter/reconciler.ts';
+import { readStatus, RuleReconciler } from '../../src/netfilter/reconciler.ts';
 import { RuleSpecError, type RuleSpec } from '../../src/netfilter/rules.ts';
 import { FakeClock } from '../fakes/clock.ts';
 import { ScriptedRunner } from '../fakes/runner.ts';
-import { printedRule, RULE_COMMENT, savedNat } from '../fakes/iptables-save.ts';
+import { printedBackstop, printedRule, RULE_COMMENT, saved, SAVED_EMPTY, savedInstalled } from '../fakes/iptables-save.ts';
 
-const SAVE = ['iptables-nft-save', '-t', 'nat'];
+const SAVE = ['iptables-nft-save'];
+const SAVE6 = ['ip6tables-nft-save'];
 const RESTORE = ['iptables-nft-restore', '--noflush', '--wait', '5'];
+const RESTORE6 = ['ip6tables-nft-restore', '--noflush', '--wait', '5'];
 const CONNTRACK = ['conntrack', '-D', '-p', 'tcp', '--orig-dst', '169.254.169.254', '--orig-port-dst', '80'];
+const CONNTRACK6 = ['conntrack', '-f', 'ipv6', '-D', '-p', 'tcp', '--orig-dst', 'fd00:ec2::254', '--orig-port-dst', '80'];
 const NO_FLOWS = { code: 1, stderr: 'conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.\n' };
 
-const EMPTY = savedNat({ chain: false });
-const INSTALLED_ONE = savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KIAM-METADATA'] });
+const EMPTY = SAVED_EMPTY;
+const INSTALLED_ONE = savedInstalled(['cali+']);
+/** The backstop as installed for cali+, for lives that vary only the nat table. */
+const FILTER_OK = { rules: [printedBackstop('cali+')], input: ['-j KIAM-METADATA-BACKSTOP'], forward: ['-j KIAM-METADATA-BACKSTOP'] };
+const NAT_OK = { rules: [printedRule('cali+')], prerouting: ['-j KIAM-METADATA'] };
 
-function installPayload(rules: string[], prerouting: string[] = ['-I PREROUTING 1 -j KIAM-METADATA']): string {
-  return ['*nat', ':KIAM-METADATA - [0:0]', ...rules, ...prerouting, 'COMMIT', ''].join('\n');
+const JUMP = '-I PREROUTING 1 -j KIAM-METADATA';
+const BACKSTOP_JUMPS = ['-I INPUT 1 -j KIAM-METADATA-BACKSTOP', '-I FORWARD 1 -j KIAM-METADATA-BACKSTOP'];
+
+/** One family's transaction: the nat chain and its jump lines, then the backstop chain and its jump lines. */
+function installPayload(rules: string[], prerouting: string[] = [JUMP], backstop: string[] = [BACKSTOP_CALI], hooks: string[] = BACKSTOP_JUMPS): string {
+  return ['*nat', ':KIAM-METADATA - [0:0]', ...rules, ...prerouting, 'COMMIT', '*filter', ':KIAM-METADATA-BACKSTOP - [0:0]', ...backstop, ...hooks, 'COMMIT', ''].join('\n');
 }
 
 const RULE_CALI =
   '-A KIAM-METADATA -i cali+ -d 169.254.169.254/32 -p tcp -m tcp --dport 80 -m comment --comment "kiam: metadata to agent" -j DNAT --to-destination 10.0.1.23:8181';
+const BACKSTOP_CALI =
+  '-A KIAM-METADATA-BACKSTOP -i cali+ -d 169.254.169.254/32 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset';
+const RULE6_CALI =
+  '-A KIAM-METADATA -i cali+ -d fd00:ec2::254/128 -p tcp -m tcp --dport 80 -m comment --comment "kiam: metadata to agent" -j DNAT --to-destination [2001:db8::23]:8181';
+const BACKSTOP6_CALI =
+  '-A KIAM-METADATA-BACKSTOP -i cali+ -d fd00:ec2::254/128 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset';
+const INSTALLED6 = savedInstalled(['cali+'], 'ipv6');
 
 interface Harness {
   runner: ScriptedRunner;
@@ -73,8 +90,14 @@ async function gauge(metrics: Metrics): Promise<number | undefined> {
   return (await metrics.rulesPresent.get()).values[0]?.value;
 }
 
+const V6 = { hostIpv6: '2001:db8::23' };
+
+function warnings(logs: Array<Record<string, unknown>>, pattern: RegExp): Array<Record<string, unknown>> {
+  return logs.filter((l) => l.level === 40 && pattern.test(String(l.msg)));
+}
+
 describe('RuleReconciler.install', () => {
-  it('writes the exact transaction for one interface, then flushes conntrack', async () => {
+  it('writes the exact transaction for one interface (DNAT and backstop), then flushes conntrack', async () => {
     const h = setup();
     h.runner.expect(SAVE, { stdout: EMPTY }).expect(RESTORE, {}, { input: installPayload([RULE_CALI]) }).expect(CONNTRACK, NO_FLOWS);
     assert.equal(h.reconciler.present, false);
@@ -83,18 +106,72 @@ describe('RuleReconciler.install', () => {
     assert.equal(h.reconciler.present, true);
     assert.equal(await gauge(h.metrics), 1);
     assert.deepEqual(h.logs.filter((l) => Number(l.level) >= 40), [], 'no warning for "0 flow entries"');
+    assert.equal(h.reconciler.kind, 'iptables');
   });
 
   it('writes every interface in order, negation included, and no jump when it is already there', async () => {
     const h = setup({ hostInterfaces: ['cali+', '!eth0', 'eni+'] });
     const rule = (m: string) => `-A KIAM-METADATA ${m} -d 169.254.169.254/32 -p tcp -m tcp --dport 80 ${RULE_COMMENT} -j DNAT --to-destination 10.0.1.23:8181`;
+    const backstop = (m: string) => `-A KIAM-METADATA-BACKSTOP ${m} -d 169.254.169.254/32 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset`;
     h.runner
-      .expect(SAVE, { stdout: savedNat({ rules: [], prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }) })
-      .expect(RESTORE, {}, { input: installPayload([rule('-i cali+'), rule('! -i eth0'), rule('-i eni+')], []) })
+      .expect(SAVE, { stdout: saved({ nat: { rules: [], prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }, filter: { ...FILTER_OK, rules: [] } }) })
+      .expect(RESTORE, {}, { input: installPayload([rule('-i cali+'), rule('! -i eth0'), rule('-i eni+')], [], [backstop('-i cali+'), backstop('! -i eth0'), backstop('-i eni+')], []) })
       .expect(CONNTRACK, { code: 0, stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' });
     await h.reconciler.install();
     h.runner.assertDone();
     assert.equal(h.reconciler.present, true);
+  });
+
+  it('with an IPv6 host address, reads both families first, then writes and flushes each', async () => {
+    const h = setup({ hostIpv6: '2001:DB8:0::23' });
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: EMPTY })
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(RESTORE6, {}, { input: installPayload([RULE6_CALI], [JUMP], [BACKSTOP6_CALI]) })
+      .expect(CONNTRACK6, NO_FLOWS);
+    await h.reconciler.install();
+    h.runner.assertDone();
+    assert.equal(h.reconciler.present, true);
+    const installed = h.logs.find((l) => l.msg === 'interception rules installed');
+    assert.equal(installed?.hostIpv6, '2001:db8::23');
+  });
+
+  it('with an IPv6 host address and no ip6tables, fails clearly before writing anything', async () => {
+    const h = setup(V6);
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' });
+    await assert.rejects(h.reconciler.install(), (err: unknown) => {
+      assert.ok(err instanceof CommandError);
+      assert.match(err.message, /^ip6tables-nft-save exited 127: ip6tables-nft-save: command not found$/);
+      return true;
+    });
+    h.runner.assertDone();
+    assert.equal(h.reconciler.present, false);
+  });
+
+  it('with an IPv6 host address on a kernel without IPv6 nat, fails with the restore error (IPv4 stays installed)', async () => {
+    const h = setup(V6);
+    const stderr = "ip6tables-restore v1.8.9 (legacy): ip6tables-restore: unable to initialize table 'nat'\nError occurred at line: 1\n";
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { stdout: '' }).expect(RESTORE).expect(CONNTRACK, NO_FLOWS).expect(RESTORE6, { code: 2, stderr });
+    await assert.rejects(h.reconciler.install(), /^CommandError: ip6tables-nft-restore --noflush --wait 5 exited 2: .*unable to initialize table 'nat'/);
+    h.runner.assertDone();
+    assert.equal(h.reconciler.present, false);
+    assert.equal(await gauge(h.metrics), 0);
+  });
+
+  it('moves a shadowed jump to position 1 and warns about the rule ahead of it', async () => {
+    const h = setup();
+    const kube2iam = '-d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.23:8282';
+    h.runner
+      .expect(SAVE, { stdout: saved({ nat: { ...NAT_OK, prerouting: [kube2iam, '-j KIAM-METADATA'] }, filter: FILTER_OK }) })
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', JUMP], [BACKSTOP_CALI], []) })
+      .expect(CONNTRACK, NO_FLOWS);
+    await h.reconciler.install();
+    h.runner.assertDone();
+    const shadow = warnings(h.logs, /rule ahead of our jump handles 169\.254\.169\.254/);
+    assert.equal(shadow.length, 1);
+    assert.equal(shadow[0]?.rule, `-A PREROUTING ${kube2iam}`);
   });
 
   it('fails with argv and stderr when the restore fails, leaving present false', async () => {
@@ -135,9 +212,10 @@ describe('RuleReconciler.install', () => {
   });
 
   it('rejects an invalid spec at construction, naming the values', () => {
-    assert.throws(() => setup({ hostIp: '300.1.1.1', hostInterfaces: ['way-too-long-name0'] }), (err: unknown) => {
+    assert.throws(() => setup({ hostIp: '300.1.1.1', hostIpv6: 'fe80::1', hostInterfaces: ['way-too-long-name0'] }), (err: unknown) => {
       assert.ok(err instanceof RuleSpecError);
       assert.match(err.message, /"300\.1\.1\.1"/);
+      assert.match(err.message, /"fe80::1" is a link-local address/);
       assert.match(err.message, /"way-too-long-name0"/);
       return true;
     });
@@ -155,22 +233,72 @@ describe('RuleReconciler.check', () => {
     assert.equal(h.reconciler.present, true);
   });
 
-  it('accepts a single plain jump below other rules (no fight with CNI rules that insert at the top)', async () => {
+  it('accepts single plain jumps below other rules (no fight with CNI rules that insert at the top)', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: savedNat({ rules: [printedRule('cali+')], prerouting: ['-m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING', '-j KIAM-METADATA'] }) });
+    h.runner.expect(SAVE, {
+      stdout: saved({
+        nat: { ...NAT_OK, prerouting: ['-m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING', '-j KIAM-METADATA'] },
+        filter: { ...FILTER_OK, input: ['-j KUBE-FIREWALL', '-j KIAM-METADATA-BACKSTOP'], forward: ['-j cali-FORWARD', '-j KUBE-FORWARD', '-j KIAM-METADATA-BACKSTOP'] },
+      }),
+    });
     assert.equal(await h.reconciler.check(), 'in-sync');
     h.runner.assertDone();
+    assert.deepEqual(h.logs.filter((l) => Number(l.level) >= 40), []);
+  });
+
+  it('checks both families with an IPv6 host address, and repairs the one that drifted', async () => {
+    const h = setup(V6);
+    h.runner
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: INSTALLED6 })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: saved({ nat: { chain: false }, filter: { ...FILTER_OK, rules: [printedBackstop('cali+', 'ipv6')] } }) })
+      .expect(RESTORE6, {}, { input: installPayload([RULE6_CALI], [JUMP], [BACKSTOP6_CALI], []) })
+      .expect(CONNTRACK6, NO_FLOWS);
+    assert.equal(await h.reconciler.check(), 'in-sync');
+    assert.equal(await h.reconciler.check(), 'repaired');
+    h.runner.assertDone();
+    assert.deepEqual(await reconciles(h.metrics), { 'in-sync': 1, repaired: 1 });
+    const drift = h.logs.find((l) => l.msg === 'interception rules drifted; re-applying');
+    assert.deepEqual([drift?.family, drift?.drift], ['ipv6', ['chain KIAM-METADATA missing', 'PREROUTING does not jump to KIAM-METADATA']]);
+  });
+
+  it('repairs IPv4 even when ip6tables cannot be read, then counts the error', async () => {
+    const h = setup(V6);
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' });
+    await assert.rejects(h.reconciler.check(), /ip6tables-nft-save exited 127/);
+    h.runner.assertDone();
+    assert.deepEqual(await reconciles(h.metrics), { error: 1 });
   });
 
   const drifts: Array<[string, string, string]> = [
-    ['the chain was deleted by hand', EMPTY, installPayload([RULE_CALI])],
-    ['a rule was altered', savedNat({ rules: [printedRule('cali+', '10.9.9.9:8181')], prerouting: ['-j KIAM-METADATA'] }), installPayload([RULE_CALI], [])],
-    ['a rule was deleted', savedNat({ rules: [], prerouting: ['-j KIAM-METADATA'] }), installPayload([RULE_CALI], [])],
-    ['the jump was removed', savedNat({ rules: [printedRule('cali+')] }), installPayload([RULE_CALI])],
+    ['the chain was deleted by hand', saved({ nat: { chain: false }, filter: FILTER_OK }), installPayload([RULE_CALI], [JUMP], [BACKSTOP_CALI], [])],
+    ['a rule was altered', saved({ nat: { ...NAT_OK, rules: [printedRule('cali+', '10.9.9.9:8181')] }, filter: FILTER_OK }), installPayload([RULE_CALI], [], [BACKSTOP_CALI], [])],
+    ['a rule was deleted', saved({ nat: { ...NAT_OK, rules: [] }, filter: FILTER_OK }), installPayload([RULE_CALI], [], [BACKSTOP_CALI], [])],
+    ['the jump was removed', saved({ nat: { ...NAT_OK, prerouting: [] }, filter: FILTER_OK }), installPayload([RULE_CALI], [JUMP], [BACKSTOP_CALI], [])],
     [
       'the jump was duplicated',
-      savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KIAM-METADATA', '-j KIAM-METADATA'] }),
-      installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', '-D PREROUTING -j KIAM-METADATA', '-I PREROUTING 1 -j KIAM-METADATA']),
+      saved({ nat: { ...NAT_OK, prerouting: ['-j KIAM-METADATA', '-j KIAM-METADATA'] }, filter: FILTER_OK }),
+      installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', '-D PREROUTING -j KIAM-METADATA', JUMP], [BACKSTOP_CALI], []),
+    ],
+    ['the whole nat table was flushed', saved({ nat: null, filter: FILTER_OK }), installPayload([RULE_CALI], [JUMP], [BACKSTOP_CALI], [])],
+    ['everything was deleted', EMPTY, installPayload([RULE_CALI])],
+    ['the backstop chain was deleted', saved({ nat: NAT_OK, filter: { chain: false } }), installPayload([RULE_CALI], [], [BACKSTOP_CALI])],
+    ['a backstop rule was altered', saved({ nat: NAT_OK, filter: { ...FILTER_OK, rules: [printedBackstop('cali+').replace('REJECT --reject-with tcp-reset', 'ACCEPT')] } }), installPayload([RULE_CALI], [], [BACKSTOP_CALI], [])],
+    ['the INPUT jump was removed', saved({ nat: NAT_OK, filter: { ...FILTER_OK, input: [] } }), installPayload([RULE_CALI], [], [BACKSTOP_CALI], [BACKSTOP_JUMPS[0]!])],
+    [
+      'the FORWARD jump was duplicated',
+      saved({ nat: NAT_OK, filter: { ...FILTER_OK, forward: ['-j KIAM-METADATA-BACKSTOP', '-j KIAM-METADATA-BACKSTOP'] } }),
+      installPayload([RULE_CALI], [], [BACKSTOP_CALI], ['-D FORWARD -j KIAM-METADATA-BACKSTOP', '-D FORWARD -j KIAM-METADATA-BACKSTOP', BACKSTOP_JUMPS[1]!]),
+    ],
+    [
+      'a rule ahead of the FORWARD jump accepts metadata traffic',
+      saved({ nat: NAT_OK, filter: { ...FILTER_OK, forward: ['-d 169.254.169.254/32 -j ACCEPT', '-j KIAM-METADATA-BACKSTOP'] } }),
+      installPayload([RULE_CALI], [], [BACKSTOP_CALI], ['-D FORWARD -j KIAM-METADATA-BACKSTOP', BACKSTOP_JUMPS[1]!]),
     ],
   ];
   for (const [label, live, payload] of drifts) {
@@ -181,15 +309,33 @@ describe('RuleReconciler.check', () => {
       h.runner.assertDone();
       assert.deepEqual(await reconciles(h.metrics), { repaired: 1 });
       assert.equal(h.reconciler.present, true);
-      const warning = h.logs.find((l) => l.level === 40);
+      const warning = h.logs.find((l) => l.level === 40 && l.msg === 'interception rules drifted; re-applying');
       assert.ok(Array.isArray(warning?.drift) && warning.drift.length > 0, 'the drift is logged');
     });
   }
 
+  it('repairs a shadowed jump every time, but warns once per distinct shadowing rule', async () => {
+    const h = setup();
+    const kube2iam = '-d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.23:8282';
+    const other = '-d 169.254.169.254/32 -j RETURN';
+    const shadowed = (rule: string) => saved({ nat: { ...NAT_OK, prerouting: ['-j cali-PREROUTING', rule, '-j KIAM-METADATA'] }, filter: FILTER_OK });
+    const payload = installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', JUMP], [BACKSTOP_CALI], []);
+    for (const rule of [kube2iam, kube2iam, other]) h.runner.expect(SAVE, { stdout: shadowed(rule) }).expect(RESTORE, {}, { input: payload }).expect(CONNTRACK, NO_FLOWS);
+    for (let i = 0; i < 3; i++) assert.equal(await h.reconciler.check(), 'repaired');
+    h.runner.assertDone();
+    const drift = h.logs.filter((l) => l.msg === 'interception rules drifted; re-applying').map((l) => l.drift);
+    assert.deepEqual(drift, [
+      [`rule ahead of our jump shadows it: -A PREROUTING ${kube2iam}`],
+      [`rule ahead of our jump shadows it: -A PREROUTING ${kube2iam}`],
+      [`rule ahead of our jump shadows it: -A PREROUTING ${other}`],
+    ]);
+    assert.deepEqual(warnings(h.logs, /rule ahead of our jump handles/).map((l) => l.rule), [`-A PREROUTING ${kube2iam}`, `-A PREROUTING ${other}`]);
+  });
+
   it('counts a failed read as an error, with the stderr in the error', async () => {
     const h = setup();
     h.runner.expect(SAVE, { code: 4, stderr: 'iptables-nft-save: Permission denied (you must be root)\n' });
-    await assert.rejects(h.reconciler.check(), /iptables-nft-save -t nat exited 4: iptables-nft-save: Permission denied/);
+    await assert.rejects(h.reconciler.check(), /iptables-nft-save exited 4: iptables-nft-save: Permission denied/);
     h.runner.assertDone();
     assert.deepEqual(await reconciles(h.metrics), { error: 1 });
   });
@@ -238,13 +384,30 @@ describe('RuleReconciler timer', () => {
   });
 });
 
+const REMOVE_V4 = [
+  '*nat',
+  '-D PREROUTING -j KIAM-METADATA',
+  ':KIAM-METADATA - [0:0]',
+  '-X KIAM-METADATA',
+  'COMMIT',
+  '*filter',
+  '-D INPUT -j KIAM-METADATA-BACKSTOP',
+  '-D FORWARD -j KIAM-METADATA-BACKSTOP',
+  ':KIAM-METADATA-BACKSTOP - [0:0]',
+  '-X KIAM-METADATA-BACKSTOP',
+  'COMMIT',
+  '',
+].join('\n');
+
 describe('RuleReconciler.remove', () => {
-  it('removes the jump and the chain in one transaction, and is a no-op the second time', async () => {
+  it('removes the jumps and both chains in one transaction per family, and is a no-op the second time', async () => {
     const h = setup();
     h.runner
       .expect(SAVE, { stdout: INSTALLED_ONE })
-      .expect(RESTORE, {}, { input: '*nat\n-D PREROUTING -j KIAM-METADATA\n:KIAM-METADATA - [0:0]\n-X KIAM-METADATA\nCOMMIT\n' })
-      .expect(SAVE, { stdout: EMPTY });
+      .expect(RESTORE, {}, { input: REMOVE_V4 })
+      .expect(SAVE6, { stdout: '' })
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: EMPTY });
     h.reconciler.start();
     assert.equal(await h.reconciler.remove(), true);
     assert.equal(h.clock.timers, 0, 'remove() stops the timer');
@@ -254,22 +417,68 @@ describe('RuleReconciler.remove', () => {
     assert.equal(await gauge(h.metrics), 0);
   });
 
-  it('removes a chain left without its jump', async () => {
+  it('removes a chain left without its jump, and a backstop left alone', async () => {
     const h = setup();
     h.runner
-      .expect(SAVE, { stdout: savedNat({ rules: [printedRule('cali+')] }) })
-      .expect(RESTORE, {}, { input: '*nat\n:KIAM-METADATA - [0:0]\n-X KIAM-METADATA\nCOMMIT\n' });
+      .expect(SAVE, { stdout: saved({ nat: { rules: [printedRule('cali+')] }, filter: null }) })
+      .expect(RESTORE, {}, { input: '*nat\n:KIAM-METADATA - [0:0]\n-X KIAM-METADATA\nCOMMIT\n' })
+      .expect(SAVE6, { stdout: EMPTY })
+      .expect(SAVE, { stdout: saved({ nat: { chain: false }, filter: { ...FILTER_OK, input: [] } }) })
+      .expect(RESTORE, {}, { input: '*filter\n-D FORWARD -j KIAM-METADATA-BACKSTOP\n:KIAM-METADATA-BACKSTOP - [0:0]\n-X KIAM-METADATA-BACKSTOP\nCOMMIT\n' })
+      .expect(SAVE6, { stdout: EMPTY });
     assert.equal(await h.reconciler.remove(), true);
+    assert.equal(await h.reconciler.remove(), true);
+    h.runner.assertDone();
+  });
+
+  it('removes IPv6 rules whatever the spec says, and gets by without ip6tables', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: INSTALLED6 })
+      .expect(RESTORE6, {}, { input: REMOVE_V4 })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(RESTORE, {}, { input: REMOVE_V4 })
+      .expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' })
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { code: 1, stderr: "ip6tables-nft-save: Failed to initialize nft: Protocol not supported\n" });
+    assert.equal(await h.reconciler.remove(), true, 'IPv6 leftovers');
+    assert.equal(await h.reconciler.remove(), true, 'IPv4 removed, ip6tables missing');
+    assert.equal(await h.reconciler.remove(), false, 'nothing, and ip6tables failing');
+    h.runner.assertDone();
+    assert.deepEqual(h.logs.filter((l) => /cannot read ip6tables/.test(String(l.msg))).map((l) => l.level), [30, 40], 'not installed: info; failing: warn');
+  });
+
+  it('fails when iptables itself cannot be read', async () => {
+    const h = setup();
+    h.runner.expect(SAVE, { code: 4, stderr: 'iptables-nft-save: Permission denied (you must be root)\n' });
+    await assert.rejects(h.reconciler.remove(), /^CommandError: iptables-nft-save exited 4: iptables-nft-save: Permission denied/);
     h.runner.assertDone();
   });
 });
 
+const EMPTY_FAMILY = {
+  chainPresent: false,
+  jumpPresent: false,
+  jumpPosition: null,
+  jumpPositions: [],
+  rulesWanted: [],
+  rulesFound: [],
+  backstop: { chain: 'KIAM-METADATA-BACKSTOP', chainPresent: false, jumpPositions: { INPUT: [], FORWARD: [] }, rulesWanted: [], rulesFound: [] },
+  rulesAhead: [],
+  inSync: false,
+  drift: [],
+};
+
 describe('RuleReconciler.status', () => {
-  it('describes backend, chain, jump position and rules found vs wanted', async () => {
+  it('describes backend, chains, jump positions, rules found vs wanted and the rules ahead, for both families', async () => {
     const h = setup({ hostInterfaces: ['cali+', '!eth0'] });
-    h.runner.expect(SAVE, { stdout: savedNat({ rules: [printedRule('cali+')], prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }) });
+    h.runner
+      .expect(SAVE, { stdout: saved({ nat: { ...NAT_OK, prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }, filter: { ...FILTER_OK, forward: ['-j cali-FORWARD', '-j KIAM-METADATA-BACKSTOP'] } }) })
+      .expect(SAVE6, { stdout: '' });
     const status = await h.reconciler.status();
     h.runner.assertDone();
+    const negated = (rule: string) => rule.replace('-i cali+', '! -i eth0');
     assert.deepEqual(status, {
       backend: 'nft',
       backendReason: 'test',
@@ -278,21 +487,92 @@ describe('RuleReconciler.status', () => {
       jumpPresent: true,
       jumpPosition: 2,
       jumpPositions: [2],
-      rulesWanted: [RULE_CALI, RULE_CALI.replace('-i cali+', '! -i eth0')],
+      rulesWanted: [RULE_CALI, negated(RULE_CALI)],
       rulesFound: [printedRule('cali+')],
+      backstop: {
+        chain: 'KIAM-METADATA-BACKSTOP',
+        chainPresent: true,
+        jumpPositions: { INPUT: [1], FORWARD: [2] },
+        rulesWanted: [BACKSTOP_CALI, negated(BACKSTOP_CALI)],
+        rulesFound: [printedBackstop('cali+')],
+      },
+      rulesAhead: ['-A PREROUTING -j KUBE-SERVICES', '-A FORWARD -j cali-FORWARD'],
       inSync: false,
-      drift: ['chain KIAM-METADATA holds 1 rule(s) that differ from the 2 wanted'],
+      drift: ['chain KIAM-METADATA holds 1 rule(s) that differ from the 2 wanted', 'chain KIAM-METADATA-BACKSTOP holds 1 rule(s) that differ from the 2 wanted'],
+      ipv6: { ...EMPTY_FAMILY, hostIpv6: null },
     });
   });
 
   it('reports nothing present on an empty table', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: EMPTY });
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { stdout: EMPTY });
     const status = await h.reconciler.status();
     assert.equal(status.chainPresent, false);
     assert.equal(status.jumpPresent, false);
     assert.equal(status.jumpPosition, null);
+    assert.equal(status.backstop.chainPresent, false);
     assert.deepEqual(status.rulesFound, []);
     h.runner.assertDone();
+  });
+
+  it('with an IPv6 host address, is in sync only when both families are, IPv6 drift prefixed', async () => {
+    const h = setup(V6);
+    h.runner
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: INSTALLED6 })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: saved({ nat: { ...NAT_OK, rules: [printedRule('cali+', '[2001:db8::23]:8181', 'ipv6')] }, filter: { chain: false } }) })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' });
+    const ok = await h.reconciler.status();
+    assert.deepEqual([ok.inSync, ok.drift, ok.ipv6.inSync, ok.ipv6.hostIpv6], [true, [], true, '2001:db8::23']);
+    assert.deepEqual(ok.ipv6.rulesWanted, [RULE6_CALI]);
+    assert.deepEqual(ok.ipv6.backstop.rulesFound, [printedBackstop('cali+', 'ipv6')]);
+    assert.deepEqual(ok.ipv6.backstop.jumpPositions, { INPUT: [1], FORWARD: [1] });
+
+    const drifted = await h.reconciler.status();
+    assert.equal(drifted.inSync, false);
+    assert.deepEqual(drifted.drift, [
+      'ipv6: chain KIAM-METADATA-BACKSTOP missing',
+      'ipv6: INPUT does not jump to KIAM-METADATA-BACKSTOP',
+      'ipv6: FORWARD does not jump to KIAM-METADATA-BACKSTOP',
+    ]);
+    assert.deepEqual(drifted.ipv6.drift, drifted.drift.map((d) => d.slice('ipv6: '.length)));
+
+    const missing = await h.reconciler.status();
+    assert.equal(missing.inSync, false);
+    assert.equal(missing.ipv6.error, 'ip6tables-nft-save exited 127: ip6tables-nft-save: command not found');
+    assert.deepEqual(missing.drift, ['ipv6: cannot read ip6tables: ip6tables-nft-save exited 127: ip6tables-nft-save: command not found']);
+    h.runner.assertDone();
+  });
+
+  it('without an IPv6 host address, shows ip6tables without counting it, and tells when it cannot be read', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: INSTALLED6 })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' });
+    const leftover = await h.reconciler.status();
+    assert.deepEqual([leftover.inSync, leftover.drift], [true, []]);
+    assert.deepEqual([leftover.ipv6.hostIpv6, leftover.ipv6.inSync, leftover.ipv6.rulesWanted, leftover.ipv6.rulesFound], [null, true, [], [printedRule('cali+', '[2001:db8::23]:8181', 'ipv6')]]);
+    const missing = await h.reconciler.status();
+    assert.deepEqual(missing.ipv6, { ...EMPTY_FAMILY, hostIpv6: null, error: 'ip6tables-nft-save exited 127: ip6tables-nft-save: command not found' });
+    assert.deepEqual([missing.inSync, missing.drift], [true, []]);
+    h.runner.assertDone();
+  });
+
+  it('without a spec (status given no flags), says whether everything is there', async () => {
+    const runner = new ScriptedRunner()
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: EMPTY })
+      .expect(SAVE, { stdout: saved({ nat: NAT_OK, filter: { ...FILTER_OK, forward: [] } }) })
+      .expect(SAVE6, { stdout: EMPTY });
+    const backend = backendCommands('nft', 'test');
+    const full = await readStatus(runner, backend, { chain: 'KIAM-METADATA' });
+    assert.deepEqual([full.inSync, full.drift, full.rulesWanted, full.ipv6.inSync], [true, [], [], false]);
+    const partial = await readStatus(runner, backend, { chain: 'KIAM-METADATA' });
+    assert.deepEqual([partial.inSync, partial.backstop.jumpPositions], [false, { INPUT: [1], FORWARD: [] }]);
+    runner.assertDone();
   });
 });
