@@ -80,3 +80,24 @@ await build({
   // Some CommonJS dependencies call require(); give the ESM bundle one.
   banner: { js: "import { createRequire as __kiamCreateRequire } from 'node:module'; const require = __kiamCreateRequire(import.meta.url);" },
 });
+
+// The eBPF socket redirect (src/netfilter/ebpf/kiam.bpf.c) → dist/kiam.bpf.o, with clang's BPF target against the
+// kernel UAPI and libbpf headers (Debian: clang, libbpf-dev). Without clang the agent still builds and runs
+// (`--intercept iptables|none`), with a warning; CI and the image build need it.
+await compileBpf();
+
+async function compileBpf() {
+  const { spawnSync } = await import('node:child_process');
+  const { arch } = await import('node:os');
+  const source = 'src/netfilter/ebpf/kiam.bpf.c';
+  const multiarch = { x64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu' }[arch()] ?? `${arch()}-linux-gnu`;
+  const argv = ['-O2', '-g', '-target', 'bpf', '-Wall', '-Werror', `-I/usr/include/${multiarch}`, '-c', source, '-o', 'dist/kiam.bpf.o'];
+  const result = spawnSync(process.env.CLANG ?? 'clang', argv, { stdio: ['ignore', 'inherit', 'inherit'] });
+  if (result.error?.code === 'ENOENT') {
+    const message = 'clang not found: dist/kiam.bpf.o not built, so `--intercept ebpf|auto` cannot load the socket redirect (apt-get install clang libbpf-dev)';
+    if (process.env.CI === 'true') throw new Error(message);
+    process.stderr.write(`warning: ${message}\n`);
+    return;
+  }
+  if (result.status !== 0) throw new Error(`clang ${argv.join(' ')} failed (exit ${result.status})`);
+}

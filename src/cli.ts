@@ -7,7 +7,10 @@ import { DOCTOR_DEFAULTS, parseDoctorOptions, type DoctorOptions, type RawDoctor
 export type Invocation =
   /** warnings: peer (kiam, kube2iam) flags accepted but ignored, for the agent to log at start-up. */
   | { kind: 'agent'; config: Config; warnings: string[] }
-  | { kind: 'iptables'; action: 'install' | 'remove' | 'status'; config: Config; json: boolean }
+  /** `kiam intercept …`, and `kiam iptables …` (the same with --intercept iptables). */
+  | { kind: 'intercept'; command: 'intercept' | 'iptables'; action: 'install' | 'remove' | 'status'; config: Config; json: boolean }
+  /** `kiam init`: the privileged start-up phase (mounts, kernel checks, one install). */
+  | { kind: 'init'; config: Config; json: boolean }
   | { kind: 'doctor'; options: DoctorOptions }
   /** Help, version, or a command line error: print `output` (to stderr when code ≠ 0) and exit with `code`. */
   | { kind: 'exit'; code: number; output: string };
@@ -19,11 +22,23 @@ function interceptionOptions(cmd: Command, forAgent: boolean): Command {
     // Environment fallbacks (HOST_IP, NODE_NAME) are applied by buildConfig from parseCommandLine's `env`, not by
     // commander's .env(), which would read process.env behind the caller's back (and take an empty HOST_IP as a value).
     .addOption(new Option('--host-ip <ip>', 'node IP the DNAT sends metadata traffic to, and the metadata server binds to (env: HOST_IP)'))
+    .addOption(new Option('--host-ipv6 <ip>', "the node's IPv6 address: the server listens there too, and fd00:ec2::254 is sent there (env: HOST_IPV6)"))
     .addOption(new Option('--port <port>', 'metadata server port on the host IP').default(DEFAULTS.port))
     .addOption(
       new Option('--host-interface <pattern>', `pod-facing interface(s), repeatable; iptables wildcards (cali+) and negation (!eth0)${forAgent ? '; required with --iptables' : ''}`).argParser(collect),
     )
-    .addOption(new Option('--iptables-backend <backend>', 'iptables backend').choices(['auto', 'nft', 'legacy']).default(DEFAULTS.iptablesBackend));
+    .addOption(new Option('--iptables-backend <backend>', 'iptables backend').choices(['auto', 'nft', 'legacy']).default(DEFAULTS.iptablesBackend))
+    .addOption(new Option('--cgroup-root <path>', 'cgroup v2 directory the eBPF programs attach to (default: /sys/fs/cgroup when it is cgroup2, else /run/kiam/cgroupv2)'))
+    .addOption(new Option('--bpffs <path>', 'bpffs mount the eBPF programs and maps are pinned in').default(DEFAULTS.bpffs));
+}
+
+function interceptModeOption(cmd: Command, fallback: string): Command {
+  return cmd.addOption(
+    // The agent's default stays undefined (so that --iptables alone is not a contradiction): say it in words.
+    new Option('--intercept <mode>', `auto: the eBPF socket redirect where the kernel allows it plus the iptables rules; ebpf; iptables; none${fallback === 'none' ? ' (default: none)' : ''}`)
+      .choices(['auto', 'ebpf', 'iptables', 'none'])
+      .default(fallback === 'none' ? undefined : fallback, fallback),
+  );
 }
 
 function buildProgram(): Command {
@@ -40,9 +55,9 @@ function buildProgram(): Command {
     .addOption(new Option('--node-name <name>', 'this node; only its pods are watched (env: NODE_NAME)'))
     .addOption(new Option('--metrics-port <port>', 'port for /metrics, /healthz and /readyz (never reachable through the DNAT)').default(DEFAULTS.metricsPort))
     .option('--kubeconfig <path>', 'kubeconfig file (default: in-cluster service account)')
-    .option('--iptables', 'install the interception rules and keep reconciling them', false)
-    .option('--remove-rules-on-exit', 'remove the rules on shutdown (default keeps them: pods fail closed while the agent is away)', false)
-    .addOption(new Option('--reconcile-interval <duration>', 'how often the rules are checked and repaired').default(DEFAULTS.reconcileInterval))
+    .option('--iptables', 'the same as --intercept iptables', false)
+    .option('--remove-rules-on-exit', 'remove the interception on shutdown (default keeps it: pods fail closed while the agent is away)', false)
+    .addOption(new Option('--reconcile-interval <duration>', 'how often the interception is checked and repaired').default(DEFAULTS.reconcileInterval))
     .addOption(new Option('--metadata-endpoint <url>', 'the real metadata service, for pass-through').default(DEFAULTS.metadataEndpoint))
     .addOption(new Option('--allow-route-regexp <regexp>', 'pass-through only paths matching one of these (repeatable; default: all not denied)').argParser(collect))
     // uswitch/kiam's name: its patterns saw the path with its leading slash (docs/migrate-from-kiam.md).
@@ -70,17 +85,28 @@ function buildProgram(): Command {
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))
     .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(DEFAULTS.logFormat));
   interceptionOptions(agent, true);
+  interceptModeOption(agent, 'none');
   // `kiam --help` lists every flag too, not only the subcommands.
   program.addHelpText('after', () => `\nkiam agent options:\n${agent.helpInformation().split('\nOptions:\n')[1] ?? ''}`);
 
-  const iptables = program.command('iptables').description('install, remove or show the interception rules once (preStop hooks, clean-up)');
-  for (const action of ['install', 'remove', 'status'] as const) {
-    const sub = iptables.command(action).description(
-      { install: 'install the rules once and exit', remove: 'remove every trace of the rules (idempotent)', status: 'print what is present' }[action],
-    );
-    interceptionOptions(sub, false);
-    sub.option('--json', 'machine-readable output', false);
+  const intercept = program.command('intercept').description('install, remove or show the interception once (preStop hooks, clean-up)');
+  const iptables = program.command('iptables').description('the same as `kiam intercept … --intercept iptables`');
+  for (const parent of [intercept, iptables]) {
+    for (const action of ['install', 'remove', 'status'] as const) {
+      const sub = parent.command(action).description(
+        { install: 'install the interception once and exit', remove: 'remove every trace of ours (idempotent; foreign programs and rules stay)', status: 'print what is present' }[action],
+      );
+      interceptionOptions(sub, false);
+      if (parent === intercept) interceptModeOption(sub, 'auto');
+      sub.option('--json', 'machine-readable output', false);
+    }
   }
+  const init = program
+    .command('init')
+    .description('privileged start-up (an init container): mount bpffs and cgroup2 where missing, check the kernel, install the interception once');
+  interceptionOptions(init, false);
+  interceptModeOption(init, 'auto');
+  init.option('--json', 'machine-readable output', false);
 
   program
     .command('doctor')
@@ -89,6 +115,8 @@ function buildProgram(): Command {
     .addOption(new Option('--host-interface <pattern>', 'pattern(s) to check against this node\'s interfaces, repeatable (default: the running agent\'s)').argParser(collect))
     .addOption(new Option('--iptables-backend <backend>', "backend to read the rules with (default: the running agent's, else auto)").choices(['auto', 'nft', 'legacy']))
     .option('--kubeconfig <path>', "kubeconfig for the API server check (default: the running agent's, else in-cluster)")
+    .option('--cgroup-root <path>', "cgroup v2 directory to read the eBPF programs from (default: the running agent's)")
+    .option('--bpffs <path>', "bpffs holding the eBPF pins (default: the running agent's)")
     .addOption(new Option('--metadata-endpoint <url>', 'the instance metadata service to check').default(DOCTOR_DEFAULTS.metadataEndpoint))
     .addOption(new Option('--timeout <duration>', 'time budget of each network check').default(DOCTOR_DEFAULTS.timeout))
     .option('--json', 'machine-readable output', false);
@@ -116,18 +144,29 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv = proces
   agent.action((opts: RawOptions) => {
     result = { kind: 'agent', config: buildConfig(opts, env, 'agent'), warnings: peer.warnings };
   });
-  const iptables = program.commands.find((c) => c.name() === 'iptables')!;
-  for (const leaf of iptables.commands) {
-    leaf.action((opts: RawOptions & { json: boolean }) => {
-      const action = leaf.name() as 'install' | 'remove' | 'status';
-      const config = buildConfig(opts, env, 'iptables');
-      const problems: string[] = [];
-      if (action === 'install' && !config.hostIp) problems.push('--host-ip (or env HOST_IP) is required for install');
-      if (action === 'install' && config.hostInterfaces.length === 0) problems.push('--host-interface is required for install');
-      if (problems.length) throw new ConfigError(problems);
-      result = { kind: 'iptables', action, config, json: Boolean(opts.json) };
-    });
+  const installProblems = (config: Config): string[] => {
+    const problems: string[] = [];
+    if (config.intercept !== 'none' && !config.hostIp) problems.push('--host-ip (or env HOST_IP) is required for install');
+    if (config.iptables && config.hostInterfaces.length === 0) problems.push(`--host-interface is required for install with --intercept ${config.intercept}`);
+    return problems;
+  };
+  for (const name of ['intercept', 'iptables'] as const) {
+    for (const leaf of program.commands.find((c) => c.name() === name)!.commands) {
+      leaf.action((opts: RawOptions & { json: boolean }) => {
+        const action = leaf.name() as 'install' | 'remove' | 'status';
+        const config = buildConfig(opts, env, name === 'iptables' ? 'iptables' : 'intercept');
+        const problems = action === 'install' ? installProblems(config) : [];
+        if (problems.length) throw new ConfigError(problems);
+        result = { kind: 'intercept', command: name, action, config, json: Boolean(opts.json) };
+      });
+    }
   }
+  program.commands.find((c) => c.name() === 'init')!.action((opts: RawOptions & { json: boolean }) => {
+    const config = buildConfig(opts, env, 'intercept');
+    const problems = installProblems(config);
+    if (problems.length) throw new ConfigError(problems);
+    result = { kind: 'init', config, json: Boolean(opts.json) };
+  });
 
   program.commands.find((c) => c.name() === 'doctor')!.action((opts: RawDoctorOptions) => {
     result = { kind: 'doctor', options: parseDoctorOptions(opts) };

@@ -4,6 +4,9 @@
  */
 export type LogFormat = 'json' | 'pretty';
 export type IptablesBackendChoice = 'auto' | 'nft' | 'legacy';
+/** auto: the eBPF socket redirect where the node supports it, plus the iptables rules; none: no interception. */
+export type InterceptMode = 'auto' | 'ebpf' | 'iptables' | 'none';
+export const INTERCEPT_MODES: readonly InterceptMode[] = ['auto', 'ebpf', 'iptables', 'none'];
 
 export interface InterceptionConfig {
   /** Address the DNAT rules send metadata traffic to, and the metadata server binds to. */
@@ -16,14 +19,24 @@ export interface InterceptionConfig {
 
 export interface Config {
   nodeName: string;
-  /** Undefined only without --iptables; then the metadata server binds to 127.0.0.1. */
+  /** Undefined only without interception; then the metadata server binds to 127.0.0.1. */
   hostIp?: string;
+  /** The node's IPv6 address: the server listens there too, and fd00:ec2::254 is sent there. */
+  hostIpv6?: string;
   port: number;
   metricsPort: number;
   /** Path to a kubeconfig; undefined means in-cluster. */
   kubeconfig?: string;
 
+  intercept: InterceptMode;
+  /** The iptables rules are part of the interception (modes iptables and auto). */
   iptables: boolean;
+  /** The eBPF socket redirect is part of the interception (modes ebpf and auto; auto falls back when unsupported). */
+  ebpf: boolean;
+  /** cgroup v2 directory the eBPF programs attach to; undefined: /sys/fs/cgroup when that is cgroup2, else /run/kiam/cgroupv2. */
+  cgroupRoot?: string;
+  /** bpffs mount the programs and maps are pinned in. */
+  bpffs: string;
   hostInterfaces: string[];
   iptablesBackend: IptablesBackendChoice;
   removeRulesOnExit: boolean;
@@ -67,10 +80,14 @@ export class ConfigError extends Error {
 export interface RawOptions {
   nodeName?: string;
   hostIp?: string;
+  hostIpv6?: string;
   port?: string;
   metricsPort?: string;
   kubeconfig?: string;
   iptables?: boolean;
+  intercept?: string;
+  cgroupRoot?: string;
+  bpffs?: string;
   hostInterface?: string[];
   iptablesBackend?: string;
   removeRulesOnExit?: boolean;
@@ -98,6 +115,7 @@ export const DEFAULTS = {
   port: '8181',
   metricsPort: '9620',
   iptablesBackend: 'auto',
+  bpffs: '/sys/fs/bpf',
   reconcileInterval: '10s',
   metadataEndpoint: 'http://169.254.169.254',
   /** Pass-through paths refused unless the operator says otherwise: user data and the instance's own identity keys. */
@@ -141,6 +159,8 @@ export function isRegionName(text: string): boolean {
 
 /** The instance metadata address the agent intercepts. */
 export const METADATA_IP = '169.254.169.254';
+/** Its IPv6 form on Nitro instances with HttpProtocolIpv6 enabled. */
+export const METADATA_IPV6 = 'fd00:ec2::254';
 /** After an optional leading `!`: [A-Za-z0-9_.@:+-], not starting with `-`, `+` (wildcard) only at the end. */
 const INTERFACE_RE = /^(?!-)[A-Za-z0-9_.@:-]*\+?$/;
 /** IFNAMSIZ - 1. */
@@ -159,6 +179,48 @@ export function hostIpProblem(ip: unknown): string | undefined {
   if (first === 127) return `host IP ${shown} is a loopback address: DNAT from PREROUTING to loopback is dropped; give the node's own address`;
   if (ip === METADATA_IP) return `host IP ${shown} is the metadata address itself`;
   if (first >= 224) return `host IP ${shown} is a multicast or reserved address`;
+  return undefined;
+}
+
+/**
+ * Why this cannot be the node's IPv6 address (the ip6tables DNAT target), or undefined when it can: it must be a
+ * unicast address other than loopback, link-local (fe80::/10), IPv4-mapped or -compatible (RFC 4291 §2.5), and
+ * not the IPv6 metadata address fd00:ec2::254 itself. Zone IDs (`%eth0`) are refused.
+ */
+export function hostIpv6Problem(ip: unknown): string | undefined {
+  const shown = JSON.stringify(ip);
+  const invalid = `host IPv6 ${shown} must be an IPv6 address (e.g. 2001:db8::23)`;
+  if (typeof ip !== 'string' || !ip.includes(':') || !/^[0-9A-Fa-f:.]+$/.test(ip)) return invalid;
+  let compressed: string;
+  try {
+    // The WHATWG URL parser validates IPv6 and serialises it compressed and lowercase (RFC 5952).
+    compressed = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  } catch {
+    return invalid;
+  }
+  const [head = '', tail] = compressed.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right].map((g) => parseInt(g, 16));
+  const [first = 0] = groups;
+  const zeroPrefix = groups.slice(0, 5).every((g) => g === 0);
+  if (groups.every((g) => g === 0)) return `host IPv6 ${shown} is the unspecified address; give the node's own address`;
+  if (compressed === '::1') return `host IPv6 ${shown} is the loopback address: DNAT from PREROUTING to loopback is dropped; give the node's own address`;
+  if (compressed === 'fd00:ec2::254') return `host IPv6 ${shown} is the metadata address itself`;
+  if ((first & 0xffc0) === 0xfe80) return `host IPv6 ${shown} is a link-local address; give the node's global (or unique local) address`;
+  if ((first & 0xff00) === 0xff00) return `host IPv6 ${shown} is a multicast address`;
+  if (zeroPrefix && (groups[5] === 0xffff || groups[5] === 0)) {
+    return `host IPv6 ${shown} is an IPv4-mapped or IPv4-compatible address; give the node's IPv6 address (its IPv4 address goes in --host-ip)`;
+  }
+  return undefined;
+}
+
+/** Why this path cannot be given to bpftool (its batch mode splits on blanks; libbpf turns '.' into '_' in pin paths). */
+export function pathProblem(flag: string, path: string, allowDots: boolean): string | undefined {
+  if (!path.startsWith('/')) return `${flag}: "${path}" must be an absolute path`;
+  const re = allowDots ? /^[A-Za-z0-9/_.:@+-]+$/ : /^[A-Za-z0-9/_:@+-]+$/;
+  if (!re.test(path)) return `${flag}: "${path}" may hold only letters, digits and /_:@+-${allowDots ? '.' : ' (no dots: libbpf turns them into _ in pin paths)'}`;
+  if (path.split('/').includes('..')) return `${flag}: "${path}" must not contain '..'`;
   return undefined;
 }
 
@@ -182,20 +244,39 @@ export function interfacePatternProblem(pattern: unknown): string | undefined {
 
 /**
  * Validate the raw options against the environment and return one frozen Config, or throw a ConfigError
- * listing every problem. `mode` says which flags are required: the agent needs a node name; the iptables
+ * listing every problem. `mode` says which flags are required: the agent needs a node name; the interception
  * commands need the interception flags.
  */
-export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agent' | 'iptables' = 'agent'): Config {
+export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agent' | 'iptables' | 'intercept' = 'agent'): Config {
   const problems: string[] = [];
   const opt = { ...DEFAULTS, ...stripUndefined(raw) };
 
   const nodeName = raw.nodeName ?? env.NODE_NAME;
   if (mode === 'agent' && !nodeName) problems.push('--node-name (or env NODE_NAME) is required');
   const hostIp = raw.hostIp ?? (env.HOST_IP || undefined);
-  const iptables = mode === 'iptables' || Boolean(raw.iptables);
   const ipProblem = hostIp === undefined ? undefined : hostIpProblem(hostIp);
   if (ipProblem) problems.push(`--host-ip: ${ipProblem}`);
-  if (iptables && mode === 'agent' && !hostIp) problems.push('--host-ip (or env HOST_IP) is required with --iptables');
+  const hostIpv6 = raw.hostIpv6 ?? (env.HOST_IPV6 || undefined);
+  const ip6Problem = hostIpv6 === undefined ? undefined : hostIpv6Problem(hostIpv6);
+  if (ip6Problem) problems.push(`--host-ipv6: ${ip6Problem}`);
+
+  // --iptables is the old spelling of --intercept iptables; `kiam iptables …` means the iptables half alone.
+  // `kiam intercept …` and `kiam init` default to auto.
+  let intercept: InterceptMode = raw.iptables ? 'iptables' : mode === 'intercept' ? 'auto' : 'none';
+  if (mode === 'iptables') intercept = 'iptables';
+  if (raw.intercept !== undefined) {
+    if (!(INTERCEPT_MODES as readonly string[]).includes(raw.intercept)) problems.push(`--intercept: "${raw.intercept}" is not one of ${INTERCEPT_MODES.join(', ')}`);
+    else if (raw.iptables && raw.intercept !== 'iptables') problems.push(`--iptables means --intercept iptables; it contradicts --intercept ${raw.intercept}`);
+    else intercept = raw.intercept as InterceptMode;
+  }
+  const iptables = intercept === 'iptables' || intercept === 'auto';
+  const ebpf = intercept === 'ebpf' || intercept === 'auto';
+  if (intercept !== 'none' && mode === 'agent' && !hostIp) problems.push(`--host-ip (or env HOST_IP) is required with --intercept ${intercept}`);
+  const bpffs = opt.bpffs;
+  const bpffsProblem = pathProblem('--bpffs', bpffs, false);
+  if (bpffsProblem) problems.push(bpffsProblem);
+  const cgroupProblem = raw.cgroupRoot === undefined ? undefined : pathProblem('--cgroup-root', raw.cgroupRoot, true);
+  if (cgroupProblem) problems.push(cgroupProblem);
 
   const port = parsePort('--port', opt.port, problems);
   const metricsPort = parsePort('--metrics-port', opt.metricsPort, problems);
@@ -207,7 +288,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     if (problem) problems.push(`--host-interface: ${problem}`);
   }
   if (iptables && mode === 'agent' && hostInterfaces.length === 0) {
-    problems.push('--host-interface is required with --iptables (e.g. cali+ for Calico, eni+ for the AWS VPC CNI, cni0 for bridge)');
+    problems.push(`--host-interface is required with --intercept ${intercept} (e.g. cali+ for Calico, eni+ for the AWS VPC CNI, cni0 for bridge)`);
   }
   const backend = opt.iptablesBackend;
   if (backend !== 'auto' && backend !== 'nft' && backend !== 'legacy') problems.push(`--iptables-backend: "${backend}" is not one of auto, nft, legacy`);
@@ -280,10 +361,15 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   return Object.freeze({
     nodeName: nodeName ?? '',
     hostIp,
+    hostIpv6,
     port,
     metricsPort,
     kubeconfig: raw.kubeconfig,
+    intercept,
     iptables,
+    ebpf,
+    cgroupRoot: raw.cgroupRoot,
+    bpffs,
     // Copies, frozen too: the lists were validated, so nobody may add to them (or alias the caller's arrays).
     hostInterfaces: Object.freeze([...hostInterfaces]) as string[],
     iptablesBackend: backend as IptablesBackendChoice,

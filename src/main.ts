@@ -10,19 +10,19 @@ import pkg from '../package.json' with { type: 'json' };
 import { AwsStsGateway } from './cache/sts.ts';
 import { CredentialCache } from './cache/credentials.ts';
 import { Prefetcher } from './cache/prefetch.ts';
-import { parseCommandLine, type Invocation } from './cli.ts';
+import { parseCommandLine } from './cli.ts';
 import { systemClock } from './clock.ts';
 import { isRegionName, type Config } from './config.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { createMetrics } from './metrics.ts';
-import { detectBackend, netfilterBypassWarnings } from './netfilter/backend.ts';
 import { spawnRunner } from './netfilter/exec.ts';
-import { readStatus, removeChain, RuleReconciler } from './netfilter/reconciler.ts';
-import { assertValidRuleSpec, DEFAULT_CHAIN } from './netfilter/rules.ts';
+import { DEFAULT_CHAIN } from './netfilter/rules.ts';
+import { realNodeFacts } from './netfilter/ebpf/support.ts';
+import { buildInterception, renderInterceptReport, runInterceptCommand } from './intercept.ts';
 import { createKubeSources, loadKubeConfig } from './resolver/kube.ts';
 import { Resolver } from './resolver/lookup.ts';
 import { Policy } from './resolver/policy.ts';
-import { buildApp } from './server/app.ts';
+import { buildApp, listenOn } from './server/app.ts';
 import { buildOpsApp } from './server/ops.ts';
 import { createTokenService } from './server/tokens.ts';
 import { autodetectRoleBaseArn, createUpstream } from './server/upstream.ts';
@@ -63,8 +63,8 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
   const startup = new AbortController();
   const state = { serving: false };
   let resolverReady = () => false;
-  /** Without --iptables there are no rules to wait for; with it, whether the reconciler last found them in place. */
-  let rulesReady = () => !config.iptables;
+  /** Without interception there is nothing to wait for; with it, whether every interceptor last found itself in place. */
+  let rulesReady = () => config.intercept === 'none';
 
   let exitCode = 0;
   const stopped = new Promise<void>((resolve) => {
@@ -155,38 +155,41 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       allowRoutes: config.allowRoutes,
       denyRoutes: config.denyRoutes,
     });
-    const host = config.hostIp ?? '127.0.0.1';
-    await app.listen({ host, port: config.port });
-    lifecycle.onStop('metadata server', () => app.close());
-    logger.info({ address: `${host}:${config.port}` }, 'metadata server listening');
+    const hosts = [config.hostIp ?? '127.0.0.1', ...(config.hostIpv6 ? [config.hostIpv6] : [])];
+    lifecycle.onStop('metadata server', await listenOn(app, hosts, config.port));
+    logger.info({ addresses: hosts.map((h) => (h.includes(':') ? `[${h}]:${config.port}` : `${h}:${config.port}`)) }, 'metadata server listening');
 
-    if (config.iptables) {
-      const runner = spawnRunner();
-      const backend = await detectBackend(runner, config.iptablesBackend);
-      logger.info({ backend: backend.name, reason: backend.reason }, 'iptables backend');
-      if (backend.warning) logger.warn(backend.warning);
-      for (const warning of netfilterBypassWarnings()) logger.warn(warning);
-      const reconciler = new RuleReconciler({
-        runner,
-        clock,
-        metrics,
-        logger,
-        spec: { hostIp: config.hostIp!, port: config.port, hostInterfaces: config.hostInterfaces },
-        backend,
-        intervalMs: config.reconcileIntervalMs,
-      });
-      // Registered before install so that a failed install still stops the reconciler.
-      lifecycle.onStop('interception rules', async () => {
-        if (config.removeRulesOnExit) await reconciler.remove();
-        else {
-          await reconciler.stop();
-          logger.info('interception rules kept: pods fail closed until the agent is back (--remove-rules-on-exit to change)');
+    if (config.intercept !== 'none') {
+      const interception = await buildInterception(config, { runner: spawnRunner(), clock, metrics, logger, facts: realNodeFacts });
+      const { interceptors, iptables, backend, ebpf, ebpfInterceptor } = interception;
+      // Registered before install so that a failed install still stops the timers.
+      lifecycle.onStop('interception', async () => {
+        for (const interceptor of interceptors) {
+          if (config.removeRulesOnExit) await interceptor.remove();
+          else await interceptor.stop();
         }
+        if (!config.removeRulesOnExit) logger.info('interception kept: pods fail closed until the agent is back (--remove-rules-on-exit to change)');
       });
-      await reconciler.install();
-      reconciler.start();
-      rulesReady = () => reconciler.present;
-      debug.rules = () => ({ enabled: true, backend: backend.name, backendReason: backend.reason, chain: DEFAULT_CHAIN, present: reconciler.present });
+      // eBPF first: on an eBPF dataplane it is the one that holds.
+      for (const interceptor of interceptors) {
+        startup.signal.throwIfAborted();
+        await interceptor.install();
+        interceptor.start();
+      }
+      rulesReady = () => interceptors.every((i) => i.present);
+      if (iptables && backend) {
+        debug.rules = () => ({ enabled: true, backend: backend.name, backendReason: backend.reason, chain: DEFAULT_CHAIN, present: iptables.present });
+      }
+      if (ebpf) {
+        debug.ebpf = () => ({
+          enabled: true,
+          active: ebpf.active,
+          reason: ebpf.reason,
+          cgroupRoot: ebpf.spec.cgroupRoot,
+          bpffs: ebpf.spec.bpffs,
+          present: ebpfInterceptor?.present ?? false,
+        });
+      }
     }
     state.serving = true;
     logger.info('ready');
@@ -219,42 +222,19 @@ async function detectRegion(upstream: { getText(path: string): Promise<string> }
   return 'us-east-1';
 }
 
-async function runIptables(inv: Extract<Invocation, { kind: 'iptables' }>): Promise<number> {
-  const { config, action, json } = inv;
+/** `kiam intercept …`, `kiam iptables …` (the iptables half alone, printed as before) and `kiam init`. */
+async function runIntercept(action: 'install' | 'remove' | 'status' | 'init', config: Config, json: boolean, command: 'intercept' | 'iptables' | 'init'): Promise<number> {
   const logger = pino({ level: json ? 'silent' : 'info', base: undefined, timestamp: false }, pino.destination(2));
-  const runner = spawnRunner();
-  const backend = await detectBackend(runner, config.iptablesBackend);
-  const spec = config.hostIp && config.hostInterfaces.length > 0
-    ? assertValidRuleSpec({ hostIp: config.hostIp, port: config.port, hostInterfaces: config.hostInterfaces })
-    : { chain: DEFAULT_CHAIN };
-  switch (action) {
-    case 'install': {
-      if (!('hostIp' in spec)) throw new Error('install needs --host-ip and --host-interface');
-      const reconciler = new RuleReconciler({ runner, clock: systemClock, metrics: createMetrics(), logger, spec, backend, intervalMs: 1000 });
-      await reconciler.install();
-      break;
-    }
-    case 'remove':
-      await removeChain(runner, backend, spec.chain, logger);
-      break;
-    case 'status':
-      break;
+  const { report, code } = await runInterceptCommand(action, config, { runner: spawnRunner(), clock: systemClock, metrics: createMetrics(), logger, facts: realNodeFacts });
+  if (command === 'iptables' && report.iptables) {
+    const status = report.iptables;
+    if (json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+    else process.stdout.write(renderInterceptReport({ ...report, ebpf: null }).replace(/^mode:.*\n/, ''));
+    if (action === 'status') return status.rulesWanted.length && !status.inSync ? 1 : 0;
+    return code;
   }
-  const status = await readStatus(runner, backend, spec);
-  if (json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
-  else {
-    const lines = [
-      `backend:   ${status.backend} (${status.backendReason})`,
-      `chain:     ${status.chain} ${status.chainPresent ? 'present' : 'absent'}`,
-      `jump:      ${status.jumpPresent ? `PREROUTING position ${status.jumpPositions.join(', ')}` : 'absent'}`,
-      ...status.rulesFound.map((r) => `rule:      ${r}`),
-      ...(status.rulesWanted.length ? [`in sync:   ${status.inSync ? 'yes' : `no (${status.drift.join('; ')})`}`] : []),
-    ];
-    process.stdout.write(`${lines.join('\n')}\n`);
-  }
-  if (action === 'status') return status.rulesWanted.length && !status.inSync ? 1 : 0;
-  if (action === 'remove') return status.chainPresent || status.jumpPresent ? 1 : 0;
-  return status.inSync ? 0 : 1;
+  process.stdout.write(json ? `${JSON.stringify(report, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v), 2)}\n` : renderInterceptReport(report));
+  return code;
 }
 
 /** `kiam doctor`: the real ports (iptables, fetch, /sys/class/net, the kubeconfig) around runDoctor. */
@@ -267,6 +247,7 @@ async function runDoctorCommand(options: DoctorOptions): Promise<number> {
       const kc = loadKubeConfig(path);
       return { server: kc.getCurrentCluster()!.server, get: (p, timeoutMs) => kubeGetJson(kc, p, AbortSignal.timeout(timeoutMs)) };
     },
+    facts: realNodeFacts,
     now: () => systemClock.now(),
   });
   process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderText(report));
@@ -280,8 +261,11 @@ async function main(): Promise<void> {
       (inv.code === 0 ? process.stdout : process.stderr).write(inv.output);
       process.exitCode = inv.code;
       return;
-    case 'iptables':
-      process.exitCode = await runIptables(inv);
+    case 'intercept':
+      process.exitCode = await runIntercept(inv.action, inv.config, inv.json, inv.command);
+      return;
+    case 'init':
+      process.exitCode = await runIntercept('init', inv.config, inv.json, 'init');
       return;
     case 'doctor':
       process.exitCode = await runDoctorCommand(inv.options);

@@ -27,10 +27,18 @@ export interface Metrics {
   readonly watchRestarts: Counter<'resource'>;
   /** Denied credential requests by reason. */
   readonly denials: Counter<'reason'>;
+  /** Metadata requests refused (403) because their source is no pod of this node (unknown) or more than one (ambiguous). */
+  readonly foreignSources: Counter<'reason'>;
   /** Rule checks by outcome: in-sync, repaired (drift found and re-applied), error. */
   readonly ruleReconciles: Counter<'result'>;
   /** 1 while the interception rules are in place, 0 otherwise. */
   readonly rulesPresent: Gauge;
+  /** eBPF socket redirect checks by outcome: in-sync, repaired, error. */
+  readonly ebpfReconciles: Counter<'result'>;
+  /** 1 while the eBPF socket redirect is attached and configured, 0 otherwise. */
+  readonly ebpfPresent: Gauge;
+  /** Connections the eBPF programs redirected since they were loaded, by family (ipv4, ipv6, ipv4-mapped). */
+  readonly ebpfRedirects: Gauge<'family'>;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -64,7 +72,21 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     liveLookups: new Counter({ name: 'kiam_pod_live_lookups_total', help: 'Live API look-ups of a pod by IP after the watch had not seen it, by result', labelNames: ['result'], registers }),
     watchRestarts: new Counter({ name: 'kiam_watch_restarts_total', help: 'Watches restarted after they stopped, by resource', labelNames: ['resource'], registers }),
     denials: new Counter({ name: 'kiam_credential_denials_total', help: 'Credential requests refused, by reason', labelNames: ['reason'], registers }),
+    foreignSources: new Counter({
+      name: 'kiam_foreign_source_requests_total',
+      help: 'Metadata requests refused because the source is not a pod of this node, by reason (unknown, ambiguous)',
+      labelNames: ['reason'],
+      registers,
+    }),
     ruleReconciles: new Counter({ name: 'kiam_iptables_reconciles_total', help: 'Interception rule checks, by result (in-sync, repaired, error)', labelNames: ['result'], registers }),
     rulesPresent: new Gauge({ name: 'kiam_iptables_rules_present', help: '1 while the interception rules are in place', registers }),
+    ebpfReconciles: new Counter({ name: 'kiam_ebpf_reconciles_total', help: 'eBPF socket redirect checks, by result (in-sync, repaired, error)', labelNames: ['result'], registers }),
+    ebpfPresent: new Gauge({ name: 'kiam_ebpf_redirect_present', help: '1 while the eBPF socket redirect is attached and configured', registers }),
+    ebpfRedirects: new Gauge({
+      name: 'kiam_ebpf_redirected_connections',
+      help: 'Connections the eBPF programs sent to the agent since they were loaded (kernel counter), by family',
+      labelNames: ['family'],
+      registers,
+    }),
   };
 }

@@ -21,7 +21,16 @@ export interface DebugConfig {
   metricsPort: number;
   /** The kubeconfig path, or null for in-cluster. */
   kubeconfig: string | null;
+  /** --intercept: auto, ebpf, iptables or none (agents older than the eBPF redirect leave it out: iptables decides). */
+  intercept: string;
+  /** --host-ipv6, or null. */
+  hostIpv6: string | null;
+  /** The iptables rules are part of the interception (modes iptables and auto). */
   iptables: boolean;
+  /** --cgroup-root as given; null: the default (/sys/fs/cgroup when it is cgroup2, else /run/kiam/cgroupv2). */
+  cgroupRoot: string | null;
+  /** --bpffs */
+  bpffs: string;
   hostInterfaces: string[];
   iptablesBackend: string;
   removeRulesOnExit: boolean;
@@ -46,6 +55,18 @@ export interface DebugRules {
   backendReason: string | null;
   chain: string;
   /** The reconciler's last install or check found the rules in place. */
+  present: boolean;
+}
+
+export interface DebugEbpf {
+  /** --intercept ebpf or auto */
+  enabled: boolean;
+  /** Installed and reconciled by the agent (false: auto on a node without support; see reason). */
+  active: boolean;
+  reason: string | null;
+  cgroupRoot: string;
+  bpffs: string;
+  /** The last install or check found the programs attached and configured. */
   present: boolean;
 }
 
@@ -88,6 +109,7 @@ export interface DebugState {
   config: DebugConfig;
   readiness: { ready: boolean; checks: Record<string, boolean> };
   rules: DebugRules | null;
+  ebpf: DebugEbpf | null;
   /** Live pods of this node the resolver indexes; null until the watches have started. */
   pods: DebugPod[] | null;
   /** Identities in the credential cache; null until the cache exists. */
@@ -101,6 +123,7 @@ export interface DebugSources {
   config: Config;
   readiness: () => { ready: boolean; checks: Record<string, boolean> };
   rules?: () => DebugRules;
+  ebpf?: () => DebugEbpf;
   /** The resolver's current answer per live pod (Resolver.currentIdentities()). */
   pods?: () => Iterable<Lookup>;
   identities?: () => IdentitySnapshot[];
@@ -115,7 +138,11 @@ export function debugConfig(config: Config): DebugConfig {
     port: config.port,
     metricsPort: config.metricsPort,
     kubeconfig: config.kubeconfig ?? null,
+    intercept: config.intercept,
+    hostIpv6: config.hostIpv6 ?? null,
     iptables: config.iptables,
+    cgroupRoot: config.cgroupRoot ?? null,
+    bpffs: config.bpffs,
     hostInterfaces: [...config.hostInterfaces],
     iptablesBackend: config.iptablesBackend,
     removeRulesOnExit: config.removeRulesOnExit,
@@ -196,6 +223,7 @@ export function collectDebugState(src: DebugSources): DebugState {
     config: debugConfig(src.config),
     readiness: src.readiness(),
     rules: src.rules ? src.rules() : null,
+    ebpf: src.ebpf ? src.ebpf() : null,
     pods,
     identities,
   };

@@ -384,6 +384,7 @@ describe('peer flags: help and bookkeeping', () => {
 
   test('the iptables commands are left alone', () => {
     const inv = parseCommandLine(['iptables', 'status', '--json'], ENV);
-    assert.equal(inv.kind, 'iptables');
+    assert.equal(inv.kind, 'intercept');
+    assert.equal(inv.kind === 'intercept' && inv.command, 'iptables');
   });
 });

@@ -71,8 +71,11 @@ function agentOf(inv: Invocation) {
 }
 
 function iptablesOf(inv: Invocation) {
-  assert.equal(inv.kind, 'iptables', inv.kind === 'exit' ? inv.output : inv.kind);
-  return inv as Extract<Invocation, { kind: 'iptables' }>;
+  assert.equal(inv.kind, 'intercept', inv.kind === 'exit' ? inv.output : inv.kind);
+  const intercept = inv as Extract<Invocation, { kind: 'intercept' }>;
+  assert.equal(intercept.command, 'iptables');
+  assert.equal(intercept.config.intercept, 'iptables');
+  return intercept;
 }
 
 describe('help and version', () => {
@@ -396,4 +399,137 @@ describe('doctor', () => {
       assert.ok(output.includes(named), output);
     });
   }
+});
+
+describe('--intercept and the eBPF flags', () => {
+  const agent = (...flags: string[]) => parseCommandLine(['agent', '--node-name', 'n', ...flags], {});
+  function interceptOf(inv: Invocation) {
+    assert.equal(inv.kind, 'intercept', inv.kind === 'exit' ? inv.output : inv.kind);
+    return inv as Extract<Invocation, { kind: 'intercept' }>;
+  }
+
+  test('the agent intercepts nothing by default; --iptables is --intercept iptables', () => {
+    const none = agentOf(agent());
+    assert.deepEqual([none.intercept, none.iptables, none.ebpf], ['none', false, false]);
+    assert.equal(none.bpffs, '/sys/fs/bpf');
+    assert.equal(none.cgroupRoot, undefined);
+    for (const flags of [['--iptables'], ['--intercept', 'iptables'], ['--iptables', '--intercept', 'iptables']]) {
+      const c = agentOf(agent(...flags, '--host-ip', '10.0.0.1', '--host-interface', 'cali+'));
+      assert.deepEqual([c.intercept, c.iptables, c.ebpf], ['iptables', true, false], flags.join(' '));
+    }
+  });
+
+  test('auto: both halves; ebpf: the redirect alone', () => {
+    const auto = agentOf(agent('--intercept', 'auto', '--host-ip', '10.0.0.1', '--host-interface', 'cali+'));
+    assert.deepEqual([auto.intercept, auto.iptables, auto.ebpf], ['auto', true, true]);
+    const ebpf = agentOf(agent('--intercept', 'ebpf', '--host-ip', '10.0.0.1'));
+    assert.deepEqual([ebpf.intercept, ebpf.iptables, ebpf.ebpf], ['ebpf', false, true]);
+  });
+
+  test('--intercept auto requires --host-ip and --host-interface for the agent; ebpf only --host-ip', () => {
+    const auto = exitOf(agent('--intercept', 'auto'));
+    assert.equal(auto.code, 2);
+    assert.match(auto.output, /--host-ip \(or env HOST_IP\) is required with --intercept auto/);
+    assert.match(auto.output, /--host-interface is required with --intercept auto/);
+    const ebpf = exitOf(agent('--intercept', 'ebpf'));
+    assert.match(ebpf.output, /--host-ip \(or env HOST_IP\) is required with --intercept ebpf/);
+    assert.doesNotMatch(ebpf.output, /--host-interface/);
+    assert.equal(agentOf(parseCommandLine(['agent', '--node-name', 'n', '--intercept', 'ebpf'], { HOST_IP: '10.0.0.7' })).hostIp, '10.0.0.7');
+  });
+
+  test('--iptables with another --intercept is refused, naming both', () => {
+    for (const mode of ['ebpf', 'auto', 'none']) {
+      const { code, output } = exitOf(agent('--iptables', '--intercept', mode, '--host-ip', '10.0.0.1', '--host-interface', 'cali+'));
+      assert.equal(code, 2);
+      assert.match(output, new RegExp(`--iptables means --intercept iptables; it contradicts --intercept ${mode}`));
+    }
+  });
+
+  test('every error names its flag', () => {
+    const cases: Array<[string[], string]> = [
+      [['--intercept', 'bpf'], '--intercept'],
+      [['--host-ipv6', 'fe80::1'], '--host-ipv6'],
+      [['--host-ipv6', '10.0.0.1'], '--host-ipv6'],
+      [['--bpffs', '/sys/fs/bpf.d'], '--bpffs'],
+      [['--bpffs', 'bpf'], '--bpffs'],
+      [['--bpffs', '/sys/fs/bpf dir'], '--bpffs'],
+      [['--cgroup-root', 'cgroup'], '--cgroup-root'],
+      [['--cgroup-root', '/sys/fs/cgroup/../x'], '--cgroup-root'],
+      [['--cgroup-root', '/sys/fs/cgroup/a;b'], '--cgroup-root'],
+    ];
+    for (const [flags, named] of cases) {
+      const { code, output } = exitOf(agent(...flags));
+      assert.equal(code, 2, flags.join(' '));
+      const errors = output.trim().split('\n').filter((l) => l.startsWith('error'));
+      assert.equal(errors.length, 1, output);
+      assert.ok(errors[0]!.includes(named), `${flags.join(' ')} → ${output}`);
+    }
+  });
+
+  test('--bpffs with a dot is refused (libbpf turns it into _ in pin paths); --cgroup-root may have dots', () => {
+    assert.match(exitOf(agent('--bpffs', '/run/kiam.bpf')).output, /--bpffs: "\/run\/kiam\.bpf" may hold only letters, digits and \/_:@\+- \(no dots/);
+    const c = agentOf(agent('--bpffs', '/run/kiam/bpffs', '--cgroup-root', '/sys/fs/cgroup/kubepods.slice'));
+    assert.equal(c.bpffs, '/run/kiam/bpffs');
+    assert.equal(c.cgroupRoot, '/sys/fs/cgroup/kubepods.slice');
+  });
+
+  test('--host-ipv6, or env HOST_IPV6; the flag wins; a bad HOST_IPV6 is reported against --host-ipv6', () => {
+    assert.equal(agentOf(agent('--host-ipv6', '2001:db8::23')).hostIpv6, '2001:db8::23');
+    assert.equal(agentOf(parseCommandLine(['agent', '--node-name', 'n'], { HOST_IPV6: '2001:db8::24' })).hostIpv6, '2001:db8::24');
+    assert.equal(agentOf(parseCommandLine(['agent', '--node-name', 'n', '--host-ipv6', '2001:db8::25'], { HOST_IPV6: '2001:db8::24' })).hostIpv6, '2001:db8::25');
+    assert.equal(agentOf(parseCommandLine(['agent', '--node-name', 'n'], { HOST_IPV6: '' })).hostIpv6, undefined);
+    assert.match(exitOf(parseCommandLine(['agent', '--node-name', 'n'], { HOST_IPV6: 'fe80::1' })).output, /--host-ipv6: host IPv6 "fe80::1" is a link-local address/);
+  });
+
+  test('kiam intercept install|remove|status: auto by default; install needs what the mode needs', () => {
+    const install = interceptOf(parseCommandLine(['intercept', 'install', '--host-ip', '10.0.0.1', '--host-interface', 'cali+'], {}));
+    assert.deepEqual([install.command, install.action, install.config.intercept, install.config.ebpf, install.config.iptables], ['intercept', 'install', 'auto', true, true]);
+    const missing = exitOf(parseCommandLine(['intercept', 'install'], {}));
+    assert.equal(missing.code, 2);
+    assert.match(missing.output, /--host-ip \(or env HOST_IP\) is required for install/);
+    assert.match(missing.output, /--host-interface is required for install with --intercept auto/);
+    const ebpf = interceptOf(parseCommandLine(['intercept', 'install', '--intercept', 'ebpf', '--bpffs', '/run/b', '--cgroup-root', '/run/c'], { HOST_IP: '10.0.0.2' }));
+    assert.deepEqual([ebpf.config.intercept, ebpf.config.hostIp, ebpf.config.bpffs, ebpf.config.cgroupRoot], ['ebpf', '10.0.0.2', '/run/b', '/run/c']);
+    assert.match(exitOf(parseCommandLine(['intercept', 'install', '--intercept', 'ebpf'], {})).output, /--host-ip/);
+    for (const action of ['remove', 'status'] as const) {
+      const inv = interceptOf(parseCommandLine(['intercept', action, '--json'], {}));
+      assert.deepEqual([inv.action, inv.json, inv.config.intercept, inv.config.hostIp], [action, true, 'auto', undefined]);
+    }
+    assert.match(exitOf(parseCommandLine(['intercept', 'status', '--intercept', 'sometimes'], {})).output, /--intercept/);
+    assert.match(exitOf(parseCommandLine(['intercept', 'status', '--iptables'], {})).output, /--iptables/, '--iptables is the agent’s flag');
+  });
+
+  test('kiam iptables …: the same as kiam intercept … with --intercept iptables, which it does not accept', () => {
+    const inv = interceptOf(parseCommandLine(['iptables', 'install', '--host-ip', '10.0.0.1', '--host-interface', 'cali+'], {}));
+    assert.deepEqual([inv.command, inv.config.intercept, inv.config.ebpf], ['iptables', 'iptables', false]);
+    assert.match(exitOf(parseCommandLine(['iptables', 'status', '--intercept', 'ebpf'], {})).output, /--intercept/);
+  });
+
+  test('kiam init: auto by default, the install flags, --json', () => {
+    const inv = parseCommandLine(['init', '--host-ip', '10.0.0.1', '--host-interface', 'cali+', '--json'], {});
+    assert.equal(inv.kind, 'init', inv.kind === 'exit' ? inv.output : inv.kind);
+    const init = inv as Extract<Invocation, { kind: 'init' }>;
+    assert.deepEqual([init.config.intercept, init.json, init.config.bpffs], ['auto', true, '/sys/fs/bpf']);
+    const ebpf = parseCommandLine(['init', '--intercept', 'ebpf'], { HOST_IP: '10.0.0.3' });
+    assert.equal(ebpf.kind, 'init');
+    const missing = exitOf(parseCommandLine(['init'], {}));
+    assert.equal(missing.code, 2);
+    assert.match(missing.output, /--host-ip/);
+    assert.match(missing.output, /--host-interface/);
+    assert.match(exitOf(parseCommandLine(['init', '--node-name', 'n'], {})).output, /--node-name/);
+  });
+
+  test('help: the agent lists --intercept (default none) and the eBPF flags; intercept and init list theirs', () => {
+    const help = exitOf(parseCommandLine(['agent', '--help'], {})).output;
+    for (const flag of ['--intercept', '--host-ipv6', '--cgroup-root', '--bpffs']) assert.ok(helpEntry(help, flag), `agent help lists ${flag}`);
+    assert.match(helpEntry(help, '--intercept')!, /auto.*ebpf.*iptables.*none.*default: none/);
+    assert.match(helpEntry(help, '--bpffs')!, /\/sys\/fs\/bpf/);
+    assert.match(helpEntry(help, '--host-ipv6')!, /HOST_IPV6/);
+    for (const argv of [['intercept', 'install', '--help'], ['init', '--help']]) {
+      const out = exitOf(parseCommandLine(argv, {})).output;
+      for (const flag of ['--intercept', '--host-ip', '--host-ipv6', '--host-interface', '--cgroup-root', '--bpffs', '--json']) assert.ok(helpEntry(out, flag), `${argv.join(' ')} lists ${flag}`);
+      assert.match(helpEntry(out, '--intercept')!, /default: auto/);
+    }
+    assert.match(exitOf(parseCommandLine([], {})).output, /\bintercept\b[\s\S]*\binit\b/);
+  });
 });

@@ -1,9 +1,9 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildConfig, ConfigError, DEFAULTS, parseDuration, type RawOptions } from '../../src/config.ts';
+import { buildConfig, ConfigError, DEFAULTS, hostIpv6Problem, parseDuration, pathProblem, type RawOptions } from '../../src/config.ts';
 
 /** Build expecting failure; returns the problems (and asserts the thrown error is a well-formed ConfigError). */
-function problemsOf(raw: RawOptions, env: NodeJS.ProcessEnv = {}, mode: 'agent' | 'iptables' = 'agent'): string[] {
+function problemsOf(raw: RawOptions, env: NodeJS.ProcessEnv = {}, mode: 'agent' | 'iptables' | 'intercept' = 'agent'): string[] {
   let caught: unknown;
   try {
     buildConfig(raw, env, mode);
@@ -336,4 +336,120 @@ describe('--host-ip', () => {
   for (const bad of ['256.0.0.1', '10.0.0', '10.0.0.1.2', '010.0.0.1', 'a.b.c.d', '::1', '10.0.0.1 ', '0.0.0.0', '127.0.0.1', '169.254.169.254', '224.0.0.1']) {
     test(`"${bad}" is refused, naming the flag`, () => assert.match(problemsOf({ nodeName: 'n', hostIp: bad }).join('\n'), /^--host-ip: /));
   }
+});
+
+describe('--intercept', () => {
+  test('defaults: none for the agent, auto for `kiam intercept …` and `kiam init`, iptables for `kiam iptables …`', () => {
+    const agent = buildConfig({ nodeName: 'n' }, {});
+    assert.deepEqual([agent.intercept, agent.iptables, agent.ebpf, agent.bpffs, agent.cgroupRoot, agent.hostIpv6], ['none', false, false, '/sys/fs/bpf', undefined, undefined]);
+    const intercept = buildConfig({}, {}, 'intercept');
+    assert.deepEqual([intercept.intercept, intercept.iptables, intercept.ebpf], ['auto', true, true]);
+    const iptables = buildConfig({}, {}, 'iptables');
+    assert.deepEqual([iptables.intercept, iptables.iptables, iptables.ebpf], ['iptables', true, false]);
+  });
+
+  test('each mode and what it turns on', () => {
+    const flags = { nodeName: 'n', hostIp: '10.0.0.1', hostInterface: ['cali+'] };
+    for (const [mode, iptables, ebpf] of [['auto', true, true], ['ebpf', false, true], ['iptables', true, false], ['none', false, false]] as const) {
+      const c = buildConfig({ ...flags, intercept: mode }, {});
+      assert.deepEqual([c.intercept, c.iptables, c.ebpf], [mode, iptables, ebpf], mode);
+    }
+  });
+
+  test('an unknown mode is named', () => {
+    assert.deepEqual(problemsOf({ nodeName: 'n', intercept: 'bpf' }), ['--intercept: "bpf" is not one of auto, ebpf, iptables, none']);
+  });
+
+  test('--iptables is --intercept iptables; with any other --intercept it is refused', () => {
+    const flags = { nodeName: 'n', hostIp: '10.0.0.1', hostInterface: ['cali+'] };
+    assert.equal(buildConfig({ ...flags, iptables: true, intercept: 'iptables' }, {}).intercept, 'iptables');
+    for (const mode of ['ebpf', 'auto', 'none']) {
+      assert.deepEqual(problemsOf({ ...flags, iptables: true, intercept: mode }), [`--iptables means --intercept iptables; it contradicts --intercept ${mode}`]);
+    }
+  });
+
+  test('auto needs --host-ip and --host-interface for the agent, ebpf only --host-ip, none neither', () => {
+    const auto = problemsOf({ nodeName: 'n', intercept: 'auto' });
+    assert.equal(auto.length, 2, auto.join('\n'));
+    assert.ok(auto.some((p) => p.startsWith('--host-ip (or env HOST_IP) is required with --intercept auto')));
+    assert.ok(auto.some((p) => p.startsWith('--host-interface is required with --intercept auto')));
+    assert.deepEqual(problemsOf({ nodeName: 'n', intercept: 'ebpf' }), ['--host-ip (or env HOST_IP) is required with --intercept ebpf']);
+    assert.equal(buildConfig({ nodeName: 'n', intercept: 'ebpf' }, { HOST_IP: '10.0.0.1' }).hostIp, '10.0.0.1');
+    assert.equal(buildConfig({ nodeName: 'n', intercept: 'none' }, {}).intercept, 'none');
+    // The one-shot commands check what install needs themselves (cli.ts): remove and status need nothing.
+    assert.equal(buildConfig({}, {}, 'intercept').hostIp, undefined);
+  });
+});
+
+describe('--bpffs and --cgroup-root', () => {
+  test('absolute paths of plain characters; --bpffs without dots', () => {
+    assert.equal(buildConfig({ nodeName: 'n', bpffs: '/run/kiam/bpffs', cgroupRoot: '/run/kiam/cgroupv2' }, {}).bpffs, '/run/kiam/bpffs');
+    assert.equal(buildConfig({ nodeName: 'n', cgroupRoot: '/sys/fs/cgroup/kubepods.slice' }, {}).cgroupRoot, '/sys/fs/cgroup/kubepods.slice');
+    assert.deepEqual(problemsOf({ nodeName: 'n', bpffs: '/sys/fs/bpf.d' }), [
+      '--bpffs: "/sys/fs/bpf.d" may hold only letters, digits and /_:@+- (no dots: libbpf turns them into _ in pin paths)',
+    ]);
+    for (const bad of ['sys/fs/bpf', '', '/sys/fs/bpf/kiam x', '/a/../b', '/a\nb']) {
+      const problems = problemsOf({ nodeName: 'n', bpffs: bad });
+      assert.equal(problems.length, 1, `${JSON.stringify(bad)}: ${problems.join('\n')}`);
+      assert.match(problems[0]!, /^--bpffs: /);
+    }
+    for (const bad of ['cgroup', '/sys/fs/cgroup/a b', '/sys/fs/cgroup/../../etc', '/sys/fs/cgroup/$(x)']) {
+      assert.deepEqual(problemsOf({ nodeName: 'n', cgroupRoot: bad }).map((p) => p.split(':')[0]), ['--cgroup-root'], bad);
+    }
+  });
+
+  test('pathProblem: the flag in every message', () => {
+    assert.equal(pathProblem('--x', '/a/b_c-d:e@f+g', false), undefined);
+    assert.equal(pathProblem('--x', '/a.b', true), undefined);
+    assert.match(pathProblem('--x', '/a.b', false) ?? '', /^--x: /);
+    assert.match(pathProblem('--x', 'a', true) ?? '', /^--x: "a" must be an absolute path$/);
+    assert.match(pathProblem('--x', '/a/..', true) ?? '', /^--x: "\/a\/\.\." must not contain '\.\.'$/);
+  });
+});
+
+describe('--host-ipv6', () => {
+  for (const good of ['2001:db8::23', '2600:1f18:abc:1::5', 'fd12:3456:789a::1', '2001:0db8:0000:0000:0000:0000:0000:0023', '2001:DB8::23']) {
+    test(`${good} is accepted`, () => {
+      assert.equal(hostIpv6Problem(good), undefined);
+      assert.ok(buildConfig({ nodeName: 'n', hostIpv6: good }, {}).hostIpv6);
+    });
+  }
+  const bad: Array<[string, RegExp]> = [
+    ['::', /unspecified/],
+    ['::1', /loopback/],
+    ['fd00:ec2::254', /the metadata address itself/],
+    ['FD00:EC2:0::254', /the metadata address itself/],
+    ['fe80::1', /link-local/],
+    ['febf::1', /link-local/],
+    ['ff02::1', /multicast/],
+    ['::ffff:10.0.0.1', /IPv4-mapped or IPv4-compatible/],
+    ['::ffff:a00:1', /IPv4-mapped or IPv4-compatible/],
+    ['::10.0.0.1', /IPv4-mapped or IPv4-compatible/],
+    ['fe80::1%eth0', /must be an IPv6 address/],
+    ['10.0.0.1', /must be an IPv6 address/],
+    ['2001:db8::1::2', /must be an IPv6 address/],
+    ['2001:db8::g', /must be an IPv6 address/],
+    ['[2001:db8::1]', /must be an IPv6 address/],
+    ['2001:db8::1 ', /must be an IPv6 address/],
+    ['', /must be an IPv6 address/],
+  ];
+  for (const [ip, why] of bad) {
+    test(`${JSON.stringify(ip)} is refused, naming the flag`, () => {
+      const problems = problemsOf({ nodeName: 'n', hostIpv6: ip });
+      assert.equal(problems.length, 1, problems.join('\n'));
+      assert.match(problems[0]!, /^--host-ipv6: host IPv6 /);
+      assert.match(problems[0]!, why);
+    });
+  }
+
+  test('HOST_IPV6 fills in a missing flag; the flag wins; empty counts as unset; a bad one is reported against --host-ipv6', () => {
+    assert.equal(buildConfig({ nodeName: 'n' }, { HOST_IPV6: '2001:db8::24' }).hostIpv6, '2001:db8::24');
+    assert.equal(buildConfig({ nodeName: 'n', hostIpv6: '2001:db8::25' }, { HOST_IPV6: '2001:db8::24' }).hostIpv6, '2001:db8::25');
+    assert.equal(buildConfig({ nodeName: 'n' }, { HOST_IPV6: '' }).hostIpv6, undefined);
+    assert.deepEqual(problemsOf({ nodeName: 'n' }, { HOST_IPV6: '::1' }).map((p) => p.split(':')[0]), ['--host-ipv6']);
+  });
+
+  test('is optional in every mode', () => {
+    assert.equal(buildConfig({ nodeName: 'n', intercept: 'ebpf', hostIp: '10.0.0.1' }, {}).hostIpv6, undefined);
+  });
 });
