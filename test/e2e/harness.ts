@@ -1,8 +1,10 @@
 /**
- * A whole node in a sandbox: the fake metadata service on 169.254.169.254:80 of the node namespace, a fake
- * STS and a fake Kubernetes API server on its loopback, and the real `kiam agent` (the production bundle)
- * beside them. Shared by the end-to-end tests, the demo and the benchmarks. The test process drives the
- * fakes with real clients (kubectl, curl) run inside the node namespace, never from the root namespace.
+ * A whole node in a sandbox: the fake metadata service on 169.254.169.254:80 of the node namespace (with the
+ * sandbox's `upstreamNetns`, of the metadata namespace behind the node's eth0; on [fd00:ec2::254]:80 as well
+ * when the sandbox has that address), a fake STS and a fake Kubernetes API server on its loopback, and the real
+ * `kiam agent` (the production bundle) beside them. Shared by the end-to-end tests, the demo and the benchmarks.
+ * The test process drives the fakes with real clients (kubectl, curl) run inside the node namespace, never from
+ * the root namespace.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,6 +27,8 @@ export interface PodSpec {
   name: string;
   namespace: string;
   ip: string;
+  /** A second pod IP: status.podIPs becomes [{ip}, {ip: ipv6}] (dual stack). */
+  ipv6?: string;
   role?: string;
   externalId?: string;
   node?: string;
@@ -65,14 +69,14 @@ export class Node {
     private readonly stsProc: TrackedProcess,
   ) {}
 
-  /** Start the fakes inside the sandbox's node namespace. */
+  /** Start the fakes inside the sandbox's node namespace (the metadata service in sb.metadataNs). */
   static async start(sb: Sandbox, options: { stsDelayMs?: number } = {}): Promise<Node> {
-    const fake = (file: string, args: string[]) =>
-      sb.spawn(sb.nodeNs, [process.execPath, '--import', 'tsx', join('test/fakes', file), ...args], { cwd: REPO, logFile: join(sb.tmpDir, `${file}.log`) });
+    const fake = (file: string, args: string[], ns = sb.nodeNs) =>
+      sb.spawn(ns, [process.execPath, '--import', 'tsx', join('test/fakes', file), ...args], { cwd: REPO, logFile: join(sb.tmpDir, `${file}.log`) });
     const urlOf = async (p: TrackedProcess) => (JSON.parse(await p.waitForLine(/^\{"url"/, 20_000)) as { url: string }).url;
 
     const kubeconfig = join(sb.tmpDir, 'kubeconfig');
-    const metadata = fake('metadata.ts', ['--host', '169.254.169.254', '--port', '80']);
+    const metadata = fake('metadata.ts', [...sb.metadataAddresses.flatMap((a) => ['--host', a]), '--port', '80'], sb.metadataNs);
     const sts = fake('sts.ts', [
       '--host', '127.0.0.1', '--port', '0',
       '--expect-access-key-id', AGENT_KEY.accessKeyId, '--expect-secret-access-key', AGENT_KEY.secretAccessKey,
@@ -83,14 +87,31 @@ export class Node {
     return new Node(sb, kubeconfig, stsUrl!, sts);
   }
 
-  /** Start `kiam agent` from the production bundle, as `npx kiam` runs it, and wait until it is ready. */
-  async startAgent(extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<TrackedProcess> {
+  /**
+   * The interception flags for a mode: iptables on the cali+ interfaces (the default, as before), the eBPF socket
+   * redirect on the sandbox's own child cgroup and bpffs, or both (auto); with the sandbox's host IPv6 when it has one.
+   */
+  interceptArgs(mode: 'iptables' | 'ebpf' | 'auto' | 'none' = 'iptables'): string[] {
+    const v6 = this.sb.hostIpv6 ? ['--host-ipv6', this.sb.hostIpv6] : [];
+    if (mode === 'none') return ['--intercept', 'none'];
+    const ebpf = this.sb.cgroupPath ? ['--cgroup-root', this.sb.cgroupPath, '--bpffs', this.sb.bpffsPath] : [];
+    const iptables = ['--host-interface', 'cali+'];
+    if (mode === 'iptables') return ['--intercept', 'iptables', ...iptables, ...v6];
+    if (mode === 'ebpf') return ['--intercept', 'ebpf', ...ebpf, ...v6];
+    return ['--intercept', 'auto', ...iptables, ...ebpf, ...v6];
+  }
+
+  /**
+   * Start `kiam agent` from the production bundle, as `npx kiam` runs it, and wait until it is ready. `intercept`
+   * replaces the default interception flags (interceptArgs('iptables')).
+   */
+  async startAgent(extra: string[] = [], env: NodeJS.ProcessEnv = {}, intercept: string[] = this.interceptArgs('iptables')): Promise<TrackedProcess> {
     const argv = [
       process.execPath, join(REPO, 'bin/kiam.mjs'), 'agent',
       '--node-name', NODE_NAME,
       '--host-ip', this.sb.hostIp,
       '--kubeconfig', this.kubeconfig,
-      '--iptables', '--host-interface', 'cali+',
+      ...intercept,
       '--role-base-arn', BASE_ARN,
       '--sts-endpoint', this.stsUrl,
       '--region', 'eu-west-1',
@@ -135,7 +156,7 @@ export class Node {
       kind: 'Pod',
       metadata: { name: spec.name, namespace: spec.namespace, annotations },
       spec: { nodeName: spec.node ?? NODE_NAME, hostNetwork: spec.hostNetwork ?? false, containers: [{ name: 'app', image: 'example/app:1' }] },
-      status: { phase: 'Running', podIP: spec.ip, podIPs: [{ ip: spec.ip }] },
+      status: { phase: 'Running', podIP: spec.ip, podIPs: spec.ipv6 ? [{ ip: spec.ip }, { ip: spec.ipv6 }] : [{ ip: spec.ip }] },
     };
     const out = await this.kubectl(['create', '-f', '-', '-o', 'json'], JSON.stringify(manifest));
     return (JSON.parse(out) as { metadata: { uid: string } }).metadata.uid;
@@ -154,7 +175,10 @@ export class Node {
     await this.sb.execOrThrow(this.sb.nodeNs, [CURL, '-sS', '--fail', '--max-time', '5', '-X', 'POST', '-H', 'content-type: application/json', '--data', JSON.stringify(patch), `${this.stsUrl}/_fake/config`]);
   }
 
-  /** What reached the fake upstream metadata service: method, path, headers and the peer address. */
+  /**
+   * What reached the fake upstream metadata service: method, path, headers and the peer address. Asked from the node
+   * namespace (whose own connections no interception rewrites), through eth0 with `upstreamNetns`.
+   */
   async upstreamRequests(): Promise<{ method: string; path: string; headers: Record<string, string>; remoteAddress: string }[]> {
     return JSON.parse(await this.sb.execOrThrow(this.sb.nodeNs, [CURL, '-sS', '--max-time', '5', 'http://169.254.169.254/_fake/requests'])) as never;
   }
@@ -216,11 +240,24 @@ export interface HttpAnswer {
   curlCode: number;
 }
 
+/** The metadata service's base URL as a pod dials it: IPv4, IPv6 (fd00:ec2::254) or IPv4-mapped on an IPv6 socket. */
+export type MetadataFamily = 'ipv4' | 'ipv6' | 'ipv4-mapped';
+export const METADATA_BASE: Record<MetadataFamily, string> = {
+  ipv4: 'http://169.254.169.254',
+  ipv6: 'http://[fd00:ec2::254]',
+  'ipv4-mapped': 'http://[::ffff:169.254.169.254]',
+};
+
 /** One HTTP request from inside a pod, with curl. */
-export async function podCurl(sb: Sandbox, pod: Pod, path: string, opts: { method?: string; headers?: Record<string, string> } = {}): Promise<HttpAnswer> {
-  const args = [CURL, '-sS', '--max-time', '3', '-o', '-', '-w', '\n%{http_code}', '-X', opts.method ?? 'GET'];
+export async function podCurl(
+  sb: Sandbox,
+  pod: Pod,
+  path: string,
+  opts: { method?: string; headers?: Record<string, string>; family?: MetadataFamily } = {},
+): Promise<HttpAnswer> {
+  const args = [CURL, '-gsS', '--max-time', '3', '-o', '-', '-w', '\n%{http_code}', '-X', opts.method ?? 'GET'];
   for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
-  args.push(`http://169.254.169.254${path}`);
+  args.push(`${METADATA_BASE[opts.family ?? 'ipv4']}${path}`);
   const r = await sb.exec(pod.ns, args, { env: podEnv(sb), timeoutMs: 10_000 });
   const cut = r.stdout.lastIndexOf('\n');
   return { status: Number(r.stdout.slice(cut + 1)) || 0, body: r.stdout.slice(0, Math.max(cut, 0)), curlCode: r.code ?? -1 };
@@ -250,28 +287,33 @@ export async function podHttp(sb: Sandbox, pod: Pod, path: string, opts: { metho
 }
 
 /** The IMDSv2 flow with curl: token, role listing, document. */
-export async function curlCredentials(sb: Sandbox, pod: Pod): Promise<{ listing: HttpAnswer; document?: Json; token: string }> {
-  const tokenAnswer = await podCurl(sb, pod, '/latest/api/token', { method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '21600' } });
+export async function curlCredentials(sb: Sandbox, pod: Pod, family: MetadataFamily = 'ipv4'): Promise<{ listing: HttpAnswer; document?: Json; token: string }> {
+  const tokenAnswer = await podCurl(sb, pod, '/latest/api/token', { method: 'PUT', headers: { 'X-aws-ec2-metadata-token-ttl-seconds': '21600' }, family });
   const token = tokenAnswer.status === 200 ? tokenAnswer.body : '';
   const headers = token ? { 'X-aws-ec2-metadata-token': token } : undefined;
-  const listing = await podCurl(sb, pod, '/latest/meta-data/iam/security-credentials/', { headers });
+  const listing = await podCurl(sb, pod, '/latest/meta-data/iam/security-credentials/', { headers, family });
   if (listing.status !== 200) return { listing, token };
-  const doc = await podCurl(sb, pod, `/latest/meta-data/iam/security-credentials/${listing.body}`, { headers });
+  const doc = await podCurl(sb, pod, `/latest/meta-data/iam/security-credentials/${listing.body}`, { headers, family });
   return { listing, token, document: doc.status === 200 ? (JSON.parse(doc.body) as Json) : undefined };
 }
 
 export type Client = 'curl' | 'aws-cli' | 'botocore' | 'js-sdk';
 export const CLIENTS: Client[] = ['curl', 'aws-cli', 'botocore', 'js-sdk'];
 
-/** Credentials as a real client inside the pod sees them: the access key id, or the failure (raw output kept for asserts). */
-export async function clientCredentials(sb: Sandbox, pod: Pod, client: Client): Promise<{ accessKeyId?: string; output: string }> {
-  const run = async (argv: string[], env = podEnv(sb)) => {
+/**
+ * Credentials as a real client inside the pod sees them: the access key id, or the failure (raw output kept for
+ * asserts). With family 'ipv6' the SDKs are told AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 (they then dial
+ * [fd00:ec2::254]) and curl dials that address itself.
+ */
+export async function clientCredentials(sb: Sandbox, pod: Pod, client: Client, family: 'ipv4' | 'ipv6' = 'ipv4'): Promise<{ accessKeyId?: string; output: string }> {
+  const modeEnv: NodeJS.ProcessEnv = family === 'ipv6' ? { AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE: 'IPv6' } : {};
+  const run = async (argv: string[], env = podEnv(sb, modeEnv)) => {
     const r = await sb.exec(pod.ns, argv, { env, cwd: REPO, timeoutMs: 30_000 });
     return { code: r.code, output: `${r.stdout}\n${r.stderr}` };
   };
   switch (client) {
     case 'curl': {
-      const { document, listing } = await curlCredentials(sb, pod);
+      const { document, listing } = await curlCredentials(sb, pod, family);
       return { accessKeyId: document?.AccessKeyId as string | undefined, output: `${listing.status} ${listing.body} ${JSON.stringify(document ?? {})}` };
     }
     case 'aws-cli': {
@@ -284,7 +326,7 @@ export async function clientCredentials(sb: Sandbox, pod: Pod, client: Client): 
       return { accessKeyId: r.code === 0 ? (parse(r.output.trim())?.accessKeyId as string) : undefined, output: r.output };
     }
     case 'js-sdk': {
-      const r = await run([process.execPath, join(REPO, 'test/e2e/clients/js-sdk.mjs')], podEnv(sb, { NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning' }));
+      const r = await run([process.execPath, join(REPO, 'test/e2e/clients/js-sdk.mjs')], podEnv(sb, { ...modeEnv, NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning' }));
       return { accessKeyId: r.code === 0 ? (parse(r.output.trim())?.accessKeyId as string) : undefined, output: r.output };
     }
   }

@@ -1,23 +1,42 @@
 // Smoke test of the network-namespace sandbox: Calico-like routing, a DNAT rule inside the node namespace,
-// pod IP reuse, process tracking by PID and cleanup (normal, on SIGTERM, and after a hard crash via sweep).
+// pod IP reuse, process tracking by PID and cleanup (normal, on SIGTERM, and after a hard crash via sweep); the
+// metadata service behind the node's eth0 (upstreamNetns), dual stack (ipv6), the emulated eBPF dataplane
+// (installBypass) and the private cgroup2/bpffs (cgroup).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { METADATA_IP, Sandbox, TrackedProcess, findBinary } from './sandbox.ts';
+import { Node } from './harness.ts';
+import {
+  DEFAULT_HOST_IPV6, METADATA_IP, METADATA_IPV6, POD_GATEWAY_IPV6, Sandbox, TrackedProcess, UPLINK, findBinary, readMounts,
+} from './sandbox.ts';
 
 const gate = Sandbox.gate(['curl']);
+const kubeGate = Sandbox.gate(['curl', 'kubectl']);
+const bpfGate = Sandbox.gate(['curl', 'ip6tables-nft'], { bpf: true });
 const CURL = findBinary('curl') ?? 'curl';
 const IP = findBinary('ip') ?? 'ip';
+const BPFTOOL = findBinary('bpftool') ?? 'bpftool';
+const CLANG = findBinary('clang') ?? 'clang';
 const SANDBOX_MODULE = fileURLToPath(new URL('./sandbox.ts', import.meta.url));
 
-// A tiny HTTP server: answers "<label> <remoteAddress>", prints "listening <port>" once bound.
+// A tiny HTTP server: answers "<label> <remoteAddress>" on each of the comma-separated hosts (all on the port the
+// first one got), prints "listening <port>" once bound.
 const ECHO_SERVER = `
-const [host, port, label] = process.argv.slice(1);
-const srv = require('node:http').createServer((q, r) => r.end(label + ' ' + q.socket.remoteAddress + '\\n'));
-srv.listen(Number(port), host, () => console.log('listening ' + srv.address().port));
-process.on('SIGTERM', () => srv.close(() => process.exit(0)));
+const [hosts, port, label] = process.argv.slice(1);
+const http = require('node:http');
+const servers = [];
+const listen = (list, p) => {
+  if (list.length === 0) return console.log('listening ' + p);
+  const srv = http.createServer((q, r) => r.end(label + ' ' + q.socket.remoteAddress + '\\n'));
+  servers.push(srv);
+  srv.listen(p, list[0], () => listen(list.slice(1), srv.address().port));
+};
+listen(hosts.split(','), Number(port));
+process.on('SIGTERM', () => { for (const s of servers) s.close(); process.exit(0); });
 `;
 // Prints "ready" and stays alive until killed.
 const SLEEPER = `console.log('ready'); setInterval(() => {}, 1e6);`;
@@ -52,15 +71,65 @@ function netnsInode(name: string): string {
   return `net:[${statSync(`/run/netns/${name}`).ino}]`;
 }
 
-async function startEcho(sb: Sandbox, host: string, port: number, label: string): Promise<{ proc: TrackedProcess; port: number }> {
-  const proc = sb.spawn(sb.nodeNs, [process.execPath, '-e', ECHO_SERVER, host, String(port), label]);
+async function startEcho(sb: Sandbox, host: string, port: number, label: string, ns = sb.nodeNs): Promise<{ proc: TrackedProcess; port: number }> {
+  const proc = sb.spawn(ns, [process.execPath, '-e', ECHO_SERVER, host, String(port), label]);
   const line = await proc.waitForLine(/^listening \d+$/, 5_000);
   return { proc, port: Number(line.split(' ')[1]) };
 }
 
 async function curl(sb: Sandbox, ns: string, url: string): Promise<string> {
-  const out = await sb.execOrThrow(ns, [CURL, '-sS', '--max-time', '3', url], { timeoutMs: 5_000 });
+  const out = await sb.execOrThrow(ns, [CURL, '-sS', '-g', '--max-time', '3', url], { timeoutMs: 5_000 });
   return out.trim();
+}
+
+/** The cgroup v2 path of a process (the `0::` line of /proc/PID/cgroup). */
+function cgroupOf(pid: number): string {
+  return /^0::(.*)$/m.exec(readFileSync(`/proc/${pid}/cgroup`, 'utf8'))?.[1] ?? '';
+}
+
+/** Where a top-level cgroup of that name exists, looking (read-only) through every cgroup2 mount of the machine. */
+function cgroupsNamed(name: string): string[] {
+  return readMounts()
+    .filter((m) => m.fsType === 'cgroup2' && m.root === '/')
+    .map((m) => join(m.mountPoint, name))
+    .filter((p) => existsSync(p));
+}
+
+function mountsBelow(dir: string): string[] {
+  return readMounts().filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`)).map((m) => `${m.fsType} ${m.mountPoint}`);
+}
+
+function progExists(id: number): boolean {
+  return spawnSync(BPFTOOL, ['prog', 'show', 'id', String(id)], { stdio: 'ignore' }).status === 0;
+}
+
+// A cgroup/connect4 program that allows every connect: something to attach to the child cgroup, so cleanup has a
+// program to detach.
+const ALLOW_C = `#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("cgroup/connect4") int allow(struct bpf_sock_addr *ctx) { return 1; }
+char LICENSE[] SEC("license") = "GPL";
+`;
+
+function compileAllow(dir: string): string {
+  writeFileSync(join(dir, 'allow.bpf.c'), ALLOW_C);
+  const multiarch = spawnSync(CLANG, ['-print-multiarch'], { encoding: 'utf8' }).stdout.trim();
+  const obj = join(dir, 'allow.bpf.o');
+  const r = spawnSync(CLANG, ['-O2', '-g', '-target', 'bpf', '-I', `/usr/include/${multiarch}`, '-c', join(dir, 'allow.bpf.c'), '-o', obj], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return obj;
+}
+
+/** Loads the object, pinned in the bpffs, attaches it (multi) to the cgroup; returns the program's id. */
+function attachAllow(obj: string, bpffs: string, cgroup: string): number {
+  const pin = join(bpffs, 'allow');
+  for (const args of [['prog', 'load', obj, pin], ['cgroup', 'attach', cgroup, 'connect4', 'pinned', pin, 'multi']]) {
+    const r = spawnSync(BPFTOOL, args, { encoding: 'utf8' });
+    assert.equal(r.status, 0, `bpftool ${args.join(' ')}: ${r.stderr}`);
+  }
+  const shown = JSON.parse(spawnSync(BPFTOOL, ['cgroup', 'show', cgroup, '-j'], { encoding: 'utf8' }).stdout) as { id: number; attach_type: string }[];
+  assert.equal(shown.length, 1, JSON.stringify(shown));
+  return shown[0]!.id;
 }
 
 test('pods reach the host IP and 169.254.169.254; a DNAT inside the node namespace redirects them', { skip: gate.skip }, async (t) => {
@@ -279,5 +348,242 @@ test('a SIGTERM to the test process cleans up; a hard kill is cleaned up by swee
     await other.destroy();
     await Sandbox.sweep(termPrefix);
     await Sandbox.sweep(crashPrefix);
+  }
+});
+
+test('upstreamNetns + ipv6: the metadata service sits behind the node\'s eth0; pods reach it over IPv4 and IPv6', { skip: kubeGate.skip }, async () => {
+  kubeGate.assertReady();
+  const sb = await Sandbox.create({ upstreamNetns: true, ipv6: true });
+  try {
+    assert.equal(sb.imdsNs, `${sb.prefix}-imds`);
+    assert.equal(sb.metadataNs, sb.imdsNs);
+    assert.equal(sb.hostIpv6, DEFAULT_HOST_IPV6);
+    assert.deepEqual(sb.metadataAddresses, [METADATA_IP, METADATA_IPV6]);
+    await assert.rejects(sb.addPod({ name: 'imds' }), /invalid pod name/);
+    const node = await Node.start(sb);
+    const [a, b] = await Promise.all([sb.addPod({ name: 'a' }), sb.addPod({ name: 'b', ip: '10.77.1.50', ipv6: 'fd77:1::50' })]);
+    assert.ok(a && b);
+    assert.deepEqual(netnsList().filter((n) => n.startsWith(`${sb.prefix}-`)).sort(), [a.ns, b.ns, sb.imdsNs, sb.nodeNs].sort());
+    assert.equal(a.ipv6, 'fd77:1::1:2');
+    assert.equal(b.ipv6, 'fd77:1::50');
+
+    // The node: no metadata address of its own, routes to it through eth0; its host IPv6 on lo.
+    const lo = await sb.execOrThrow(sb.nodeNs, [IP, 'addr', 'show', 'lo']);
+    assert.doesNotMatch(lo, /169\.254\.169\.254|fd00:ec2::254/);
+    assert.match(lo, /inet6 fd77::1\/128/);
+    assert.match(await sb.execOrThrow(sb.nodeNs, [IP, 'route', 'get', METADATA_IP]), new RegExp(`via ${UPLINK.imds} dev eth0`));
+    assert.match(await sb.execOrThrow(sb.nodeNs, [IP, 'route', 'get', METADATA_IPV6]), new RegExp(`via ${UPLINK.imdsV6} dev eth0`));
+    // Calico-style IPv6: fe80::1 on the cali side, the pod's default route via it, a /128 per pod on the node.
+    for (const pod of [a, b]) {
+      assert.match(await sb.execOrThrow(sb.nodeNs, [IP, '-6', 'addr', 'show', 'dev', pod.hostVeth]), /inet6 fe80::1\/64 scope link/);
+      assert.match(await sb.execOrThrow(sb.nodeNs, [IP, '-6', 'route', 'show', `${pod.ipv6}/128`]), new RegExp(`dev ${pod.hostVeth}`));
+      assert.match(await sb.execOrThrow(pod.ns, [IP, '-6', 'route', 'show']), new RegExp(`^default via ${POD_GATEWAY_IPV6} dev eth0`, 'm'));
+      assert.match(await sb.execOrThrow(pod.ns, [IP, '-6', 'addr', 'show', 'eth0']), new RegExp(`inet6 ${pod.ipv6}/128`));
+    }
+    // The fake metadata service runs inside the imds namespace.
+    const imdsPids = spawnSync(IP, ['netns', 'pids', sb.imdsNs!], { encoding: 'utf8' }).stdout.split(/\s+/).filter(Boolean);
+    assert.ok(imdsPids.some((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('test/fakes/metadata.ts')), 'metadata fake in the imds ns');
+
+    const v4 = `http://${METADATA_IP}/latest/meta-data/`;
+    const v6 = `http://[${METADATA_IPV6}]/latest/meta-data/`;
+    for (const pod of [a, b]) {
+      assert.match(await curl(sb, pod.ns, v4), /^instance-id$/m);
+      assert.match(await curl(sb, pod.ns, v6), /^instance-id$/m);
+    }
+    const peers = (await node.upstreamRequests()).filter((r) => r.path === '/latest/meta-data/').map((r) => r.remoteAddress);
+    assert.deepEqual(peers, [a.ip, a.ipv6, b.ip, b.ipv6]);
+    // The node itself reaches it too (the agent's pass-through), from its eth0 addresses.
+    assert.match(await curl(sb, sb.nodeNs, v6), /^instance-id$/m);
+
+    // Pods reach the host's IPv6 address; the fake API server carries both pod IPs.
+    const host = await startEcho(sb, `${sb.hostIp},${sb.hostIpv6}`, 0, 'host');
+    assert.equal(await curl(sb, a.ns, `http://[${sb.hostIpv6}]:${host.port}/`), `host ${a.ipv6}`);
+    assert.equal(await curl(sb, a.ns, `http://${sb.hostIp}:${host.port}/`), `host ${a.ip}`);
+    await node.createNamespace('dual');
+    await node.createPod({ name: 'a', namespace: 'dual', ip: a.ip, ipv6: a.ipv6 });
+    await node.createPod({ name: 'v4', namespace: 'dual', ip: '10.77.9.9' });
+    const podIps = async (name: string) => (JSON.parse(await node.kubectl(['get', 'pod', '-n', 'dual', name, '-o', 'json'])) as { status: { podIPs: unknown } }).status.podIPs;
+    assert.deepEqual(await podIps('a'), [{ ip: a.ip }, { ip: a.ipv6 }]);
+    assert.deepEqual(await podIps('v4'), [{ ip: '10.77.9.9' }]);
+  } finally {
+    await sb.destroy();
+  }
+  assert.equal(netnsList().filter((n) => n.startsWith(`${sb.prefix}-`)).length, 0);
+});
+
+test('an emulated eBPF dataplane: the node\'s DNAT catches pods until installBypass(), then they reach the metadata service', { skip: bpfGate.skip }, async () => {
+  bpfGate.assertReady();
+  const sysBpf = () => readMounts().filter((m) => m.mountPoint === '/sys/fs/bpf').length;
+  const bpfOutsideTmp = () => readMounts().filter((m) => m.fsType === 'bpf' && !m.mountPoint.startsWith(`${tmpdir()}/`)).map((m) => m.mountPoint);
+  const before = { sysBpf: sysBpf(), outside: bpfOutsideTmp() };
+  const sb = await Sandbox.create({ upstreamNetns: true, ipv6: true });
+  try {
+    await startEcho(sb, `${METADATA_IP},${METADATA_IPV6}`, 80, 'imds', sb.imdsNs);
+    const host = await startEcho(sb, `${sb.hostIp},${sb.hostIpv6}`, 0, 'host');
+    const [a, b] = await Promise.all([sb.addPod({ name: 'a' }), sb.addPod({ name: 'b' })]);
+    assert.ok(a && b);
+    const ask = async (pod: typeof a) => [await curl(sb, pod.ns, `http://${METADATA_IP}/`), await curl(sb, pod.ns, `http://[${METADATA_IPV6}]/`)];
+    assert.deepEqual(await ask(a), [`imds ${a.ip}`, `imds ${a.ipv6}`]);
+
+    // The iptables interception, inside the node namespace only.
+    for (const [bin, dst, to] of [
+      ['iptables-nft', `${METADATA_IP}/32`, `${sb.hostIp}:${host.port}`],
+      ['ip6tables-nft', `${METADATA_IPV6}/128`, `[${sb.hostIpv6}]:${host.port}`],
+    ] as const) {
+      await sb.execOrThrow(sb.nodeNs, [bin, '-w', '5', '-t', 'nat', '-I', 'PREROUTING', '-i', 'cali+', '-d', dst, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', to]);
+    }
+    assert.deepEqual(await ask(a), [`host ${a.ip}`, `host ${a.ipv6}`]);
+    assert.deepEqual(await ask(b), [`host ${b.ip}`, `host ${b.ipv6}`]);
+
+    // The eBPF dataplane forwards past netfilter: the DNAT never sees the packets, the pods reach the service.
+    await sb.installBypass();
+    await sb.installBypass(); // idempotent
+    const filters = await sb.execOrThrow(sb.nodeNs, ['tc', 'filter', 'show', 'dev', a.hostVeth, 'ingress']);
+    assert.equal(filters.match(/ bpf .*direct-action/g)?.length, 1, filters);
+    assert.deepEqual(await ask(a), [`imds ${a.ip}`, `imds ${a.ipv6}`]);
+    assert.deepEqual(await ask(b), [`imds ${b.ip}`, `imds ${b.ipv6}`]);
+    const c = await sb.addPod({ name: 'c' });
+    assert.deepEqual(await ask(c), [`imds ${c.ip}`, `imds ${c.ipv6}`], 'a pod added later gets the bypass too');
+    // Everything else still goes through the node's stack; the node's own traffic is not affected.
+    assert.equal(await curl(sb, a.ns, `http://${sb.hostIp}:${host.port}/`), `host ${a.ip}`);
+    assert.equal(await curl(sb, a.ns, `http://[${sb.hostIpv6}]:${host.port}/`), `host ${a.ipv6}`);
+    assert.equal(await curl(sb, sb.nodeNs, `http://${METADATA_IP}/`), `imds ${UPLINK.node}`);
+
+    // tc used the sandbox's bpffs (TC_BPF_MNT) and mounted none of its own.
+    assert.ok(existsSync(join(sb.bpffsPath, 'tc', 'globals')), 'tc worked in the private bpffs');
+    assert.equal(sysBpf(), before.sysBpf, 'no bpffs mounted at /sys/fs/bpf');
+    assert.deepEqual(bpfOutsideTmp(), before.outside);
+
+    await sb.removeBypass();
+    assert.doesNotMatch(await sb.execOrThrow(sb.nodeNs, ['tc', 'filter', 'show', 'dev', a.hostVeth, 'ingress']), /bpf/);
+    assert.deepEqual(await ask(a), [`host ${a.ip}`, `host ${a.ipv6}`]);
+    assert.deepEqual(await ask(c), [`host ${c.ip}`, `host ${c.ipv6}`]);
+    await sb.installBypass(); // left installed: destroy() removes it
+    assert.deepEqual(await ask(c), [`imds ${c.ip}`, `imds ${c.ipv6}`]);
+  } finally {
+    await sb.destroy();
+  }
+  assert.deepEqual(mountsBelow(sb.tmpDir), []);
+  assert.ok(!existsSync(sb.tmpDir));
+  assert.equal(sysBpf(), before.sysBpf);
+  assert.equal(netnsList().filter((n) => n.startsWith(`${sb.prefix}-`)).length, 0);
+});
+
+test('cgroup: every process of the sandbox joins its child cgroup; destroy() detaches programs, leaves no mount, cgroup or namespace', { skip: bpfGate.skip }, async () => {
+  bpfGate.assertReady();
+  const sb = await Sandbox.create({ cgroup: true });
+  const name = `${sb.prefix}-pods`;
+  let progId: number | undefined;
+  const spawned: TrackedProcess[] = [];
+  try {
+    const cgroup = sb.cgroupPath!;
+    assert.equal(cgroup, join(sb.tmpDir, 'cgroup2', name));
+    assert.equal(sb.bpffsPath, join(sb.tmpDir, 'bpffs'));
+    assert.deepEqual(mountsBelow(sb.tmpDir).sort(), [`bpf ${sb.bpffsPath}`, `cgroup2 ${dirname(cgroup)}`]);
+    assert.ok(cgroupsNamed(name).length >= 2, 'the child cgroup is in the machine\'s cgroup2 hierarchy, seen through every mount');
+
+    const a = await sb.addPod({ name: 'a' });
+    const inPod = sb.spawn(a.ns, [process.execPath, '-e', SLEEPER]);
+    const inNode = sb.spawn(sb.nodeNs, [process.execPath, '-e', SLEEPER]);
+    spawned.push(inPod, inNode);
+    await Promise.all([inPod.waitForLine(/^ready$/, 5_000), inNode.waitForLine(/^ready$/, 5_000)]);
+    for (const [p, ns] of [[inPod, a.ns], [inNode, sb.nodeNs]] as const) {
+      assert.equal(cgroupOf(p.pid), `/${name}`);
+      assert.equal(readlinkSync(`/proc/${p.pid}/ns/net`), netnsInode(ns));
+      assert.equal(realpathSync(`/proc/${p.pid}/exe`), realpathSync(process.execPath), 'the tracked PID is the command itself');
+    }
+    assert.match(readFileSync(join(cgroup, 'cgroup.procs'), 'utf8'), new RegExp(`^${inPod.pid}$`, 'm'));
+    assert.match(await sb.execOrThrow(a.ns, ['cat', '/proc/self/cgroup']), new RegExp(`^0::/${name}$`, 'm'));
+    // The environment given is the environment the command gets (the joining shell adds nothing).
+    assert.equal((await sb.exec(sb.nodeNs, ['/usr/bin/env'], { env: { ONLY: 'this' } })).stdout.trim(), 'ONLY=this');
+    assert.equal((await sb.exec(sb.nodeNs, ['/usr/bin/env'], { env: { PWD: '/x' } })).stdout.trim(), 'PWD=/x');
+
+    // A program attached to the child cgroup (never a mount's root), pinned in the private bpffs.
+    progId = attachAllow(compileAllow(sb.tmpDir), sb.bpffsPath, cgroup);
+    assert.ok(progExists(progId));
+    const host = await startEcho(sb, sb.hostIp, 0, 'host');
+    assert.equal(await curl(sb, a.ns, `http://${sb.hostIp}:${host.port}/`), `host ${a.ip}`);
+  } finally {
+    await sb.destroy();
+  }
+  assert.deepEqual(mountsBelow(sb.tmpDir), []);
+  assert.ok(!existsSync(sb.tmpDir));
+  assert.deepEqual(cgroupsNamed(name), []);
+  assert.equal(netnsList().filter((n) => n.startsWith(`${sb.prefix}-`)).length, 0);
+  assert.ok(progId !== undefined && !progExists(progId), 'the program was detached and unpinned');
+  for (const p of spawned) assert.ok(!alive(p.pid), `pid ${p.pid} gone`);
+});
+
+// A child test process that builds a cgroup sandbox, attaches a program to its cgroup and waits to be killed.
+const CGROUP_CHILD = (prefix: string, obj: string) => `
+const { spawnSync } = await import('node:child_process');
+const { Sandbox } = await import(${JSON.stringify(SANDBOX_MODULE)});
+const sb = await Sandbox.create({ prefix: ${JSON.stringify(prefix)}, cgroup: true });
+const pod = await sb.addPod({ name: 'a' });
+const p = sb.spawn(pod.ns, [process.execPath, '-e', ${JSON.stringify(SLEEPER)}]);
+await p.waitForLine(/^ready$/, 5000);
+const pin = sb.bpffsPath + '/allow';
+for (const args of [['prog', 'load', ${JSON.stringify(obj)}, pin], ['cgroup', 'attach', sb.cgroupPath, 'connect4', 'pinned', pin, 'multi']]) {
+  const r = spawnSync(${JSON.stringify(BPFTOOL)}, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(r.stderr);
+}
+const [prog] = JSON.parse(spawnSync(${JSON.stringify(BPFTOOL)}, ['cgroup', 'show', sb.cgroupPath, '-j'], { encoding: 'utf8' }).stdout);
+console.log('pid ' + p.pid + ' prog ' + prog.id + ' dir ' + sb.tmpDir);
+setInterval(() => {}, 1e6);
+`;
+
+test('cgroup: a SIGTERM cleans up mounts, cgroup and programs; after a hard kill sweep(prefix) does', { skip: bpfGate.skip }, async () => {
+  bpfGate.assertReady();
+  const suffix = Math.floor(Math.random() * 0xffff).toString(16).padStart(4, '0');
+  const termPrefix = `kiamr${suffix}`;
+  const crashPrefix = `kiamc${suffix}`;
+  const work = mkdtempSync(join(tmpdir(), 'kiam-bpfobj-'));
+  let obj = '';
+  let term: TrackedProcess | undefined;
+  let crash: TrackedProcess | undefined;
+  const start = (prefix: string) =>
+    new TrackedProcess(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', CGROUP_CHILD(prefix, obj)], {
+      cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    });
+  const parse = (line: string) => {
+    const [, pid, prog, dir] = /^pid (\d+) prog (\d+) dir (\S+)$/.exec(line) ?? [];
+    return { pid: Number(pid), prog: Number(prog), dir: dir ?? '' };
+  };
+  try {
+    obj = compileAllow(work);
+    term = start(termPrefix);
+    const t = parse(await term.waitForLine(/^pid \d+ prog/, 20_000));
+    assert.ok(progExists(t.prog));
+    assert.equal(cgroupsNamed(`${termPrefix}-pods`).length > 0, true);
+    term.kill('SIGTERM');
+    assert.equal((await term.exited).signal, 'SIGTERM');
+    assert.ok(await waitGone(t.pid), 'the pod process was killed by the exit handler');
+    assert.deepEqual(mountsBelow(t.dir), [], 'the exit handler unmounted cgroup2 and bpffs');
+    assert.deepEqual(cgroupsNamed(`${termPrefix}-pods`), []);
+    assert.ok(!progExists(t.prog), 'the program was detached and unpinned');
+    assert.equal(netnsList().filter((n) => n.startsWith(`${termPrefix}-`)).length, 0);
+
+    crash = start(crashPrefix);
+    const c = parse(await crash.waitForLine(/^pid \d+ prog/, 20_000));
+    crash.kill('SIGKILL');
+    await crash.exited;
+    assert.ok(alive(c.pid), 'the pod process survives a hard kill of its test process');
+    assert.equal(cgroupOf(c.pid), `/${crashPrefix}-pods`);
+    assert.equal(mountsBelow(c.dir).length, 2, 'the private mounts are left behind');
+    assert.ok(progExists(c.prog));
+    assert.deepEqual((await Sandbox.sweep(crashPrefix)).sort(), [`${crashPrefix}-a`, `${crashPrefix}-node`]);
+    assert.ok(await waitGone(c.pid), 'sweep killed the orphan by PID');
+    assert.deepEqual(mountsBelow(c.dir), []);
+    assert.ok(!existsSync(c.dir));
+    assert.deepEqual(cgroupsNamed(`${crashPrefix}-pods`), []);
+    assert.ok(!progExists(c.prog), 'sweep detached the program');
+    assert.deepEqual(readMounts().filter((m) => m.mountPoint.includes(`kiam-sweep-${crashPrefix}-`)), [], 'sweep\'s own mount is gone');
+    assert.deepEqual(await Sandbox.sweep(crashPrefix), []);
+  } finally {
+    crash?.kill('SIGKILL');
+    await Promise.all([term?.stop(2_000), crash?.exited]);
+    await Sandbox.sweep(termPrefix);
+    await Sandbox.sweep(crashPrefix);
+    rmSync(work, { recursive: true, force: true });
   }
 });

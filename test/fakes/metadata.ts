@@ -6,8 +6,9 @@
  *
  * Library: `const fake = new FakeMetadataService(); const url = await fake.start(); … await fake.close()`.
  * Process: `node --import tsx test/fakes/metadata.ts --host 127.0.0.1 --port 0` prints one JSON line
- * {"url": "http://127.0.0.1:PORT"} once listening; GET /_fake/requests returns the log, POST /_fake/reset
- * clears it; SIGTERM/SIGINT close it and exit 0.
+ * {"url": "http://127.0.0.1:PORT", "urls": […]} once listening (`--host` may be repeated, e.g. 169.254.169.254 and
+ * fd00:ec2::254: one service on the same port of each, `url` is the first); GET /_fake/requests returns the log,
+ * POST /_fake/reset clears it; SIGTERM/SIGINT close it and exit 0.
  */
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -53,35 +54,50 @@ export class FakeMetadataService {
   delayMs = 0;
   private readonly tokens = new Map<string, number>();
   private readonly paths: Map<string, string>;
-  private readonly server: http.Server;
+  /** One server per listening address, all answering from the same state. */
+  private readonly servers: http.Server[] = [];
   private readonly sockets = new Set<import('node:net').Socket>();
 
   constructor(options: FakeMetadataOptions = {}) {
     this.tokenMode = options.tokenMode ?? 'optional';
     this.paths = buildPaths(options);
-    this.server = http.createServer((req, res) => this.handle(req, res));
-    this.server.on('connection', (socket) => {
-      this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
-    });
   }
 
-  /** Listen; resolves with the base URL (no trailing slash). */
-  async start(host = '127.0.0.1', port = 0): Promise<string> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        resolve();
+  /**
+   * Listen on one address, or on each of several (the port the first one got, when port is 0); resolves with the
+   * first one's base URL (no trailing slash).
+   */
+  async start(host: string | readonly string[] = '127.0.0.1', port = 0): Promise<string> {
+    for (const h of typeof host === 'string' ? [host] : host) {
+      const server = http.createServer((req, res) => this.handle(req, res));
+      server.on('connection', (socket) => {
+        this.sockets.add(socket);
+        socket.on('close', () => this.sockets.delete(socket));
       });
-    });
+      this.servers.push(server);
+      const p = this.servers.length > 1 ? (this.servers[0]!.address() as AddressInfo).port : port;
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(p, h, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    }
     return this.url;
   }
 
   get url(): string {
-    const addr = this.server.address() as AddressInfo;
-    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    return `http://${host}:${addr.port}`;
+    return this.urls[0] ?? '';
+  }
+
+  /** The base URL of every address it listens on. */
+  get urls(): string[] {
+    return this.servers.map((server) => {
+      const addr = server.address() as AddressInfo;
+      const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+      return `http://${host}:${addr.port}`;
+    });
   }
 
   /** Requests seen for a path (exact request target), or all but the fake's own control paths. */
@@ -99,10 +115,9 @@ export class FakeMetadataService {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      for (const s of this.sockets) s.destroy();
-    });
+    const closed = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (const s of this.sockets) s.destroy();
+    await Promise.all(closed);
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -236,15 +251,15 @@ function buildPaths(options: FakeMetadataOptions): Map<string, string> {
   ]);
 }
 
-function parseArgs(argv: string[]): { host: string; port: number; tokenMode: TokenMode } {
-  const out = { host: '127.0.0.1', port: 0, tokenMode: 'optional' as TokenMode };
+function parseArgs(argv: string[]): { hosts: string[]; port: number; tokenMode: TokenMode } {
+  const out = { hosts: [] as string[], port: 0, tokenMode: 'optional' as TokenMode };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = argv[i + 1];
-    if (flag === '--host' && value !== undefined) out.host = value;
+    if (flag === '--host' && value !== undefined) out.hosts.push(value);
     else if (flag === '--port' && value !== undefined && /^\d+$/.test(value)) out.port = Number(value);
     else if (flag === '--token-mode' && (value === 'optional' || value === 'required' || value === 'v1-only')) out.tokenMode = value;
-    else throw new Error(`usage: metadata.ts [--host ADDR] [--port N] [--token-mode optional|required|v1-only] (bad argument ${flag})`);
+    else throw new Error(`usage: metadata.ts [--host ADDR]… [--port N] [--token-mode optional|required|v1-only] (bad argument ${flag})`);
     i++;
   }
   return out;
@@ -253,6 +268,6 @@ function parseArgs(argv: string[]): { host: string; port: number; tokenMode: Tok
 runStandalone('fake metadata service', import.meta.url, async (argv) => {
   const args = parseArgs(argv);
   const fake = new FakeMetadataService({ tokenMode: args.tokenMode });
-  const url = await fake.start(args.host, args.port);
-  return { announce: { url }, close: () => fake.close() };
+  const url = await fake.start(args.hosts.length ? args.hosts : '127.0.0.1', args.port);
+  return { announce: { url, urls: fake.urls }, close: () => fake.close() };
 });
