@@ -220,8 +220,9 @@ export function renderInterceptReport(report: InterceptReport): string {
   if (s) {
     lines.push(`backend:   ${s.backend} (${s.backendReason})`);
     const family = (tag: string, f: FamilyStatus) => {
+      const unwanted = tag === '6' && s.rulesWanted.length > 0 && f.rulesWanted.length === 0;
       lines.push(
-        `chain${tag}:   ${s.chain} ${f.chainPresent ? 'present' : 'absent'}`,
+        `chain${tag}:   ${s.chain} ${f.chainPresent ? 'present' : 'absent'}${unwanted ? ' (not wanted without --host-ipv6: the backstop alone)' : ''}`,
         `jump${tag}:    ${f.jumpPresent ? `PREROUTING position ${f.jumpPositions.join(', ')}` : 'absent'}`,
         ...f.rulesFound.map((r) => `rule${tag}:    ${r}`),
         `backstop${tag}: ${f.backstop.chain} ${f.backstop.chainPresent ? 'present' : 'absent'}, jumps INPUT ${f.backstop.jumpPositions.INPUT.join(', ') || 'none'}, FORWARD ${f.backstop.jumpPositions.FORWARD.join(', ') || 'none'}`,
@@ -229,7 +230,8 @@ export function renderInterceptReport(report: InterceptReport): string {
       );
     };
     family('', s);
-    if (s.ipv6 && (s.ipv6.hostIpv6 || s.ipv6.chainPresent || s.ipv6.backstop.chainPresent)) family('6', s.ipv6);
+    // Without --host-ipv6 (but with the other flags) ip6tables is wanted with the backstop alone: shown too.
+    if (s.ipv6 && (s.ipv6.hostIpv6 || s.ipv6.backstop.rulesWanted.length || s.ipv6.chainPresent || s.ipv6.backstop.chainPresent)) family('6', s.ipv6);
     if (s.ipv6?.error) lines.push(`ipv6:      ${s.ipv6.error}`);
     if (s.rulesWanted.length) lines.push(`in sync:   ${s.inSync ? 'yes' : `no (${s.drift.join('; ')})`}`);
   }

@@ -1,8 +1,9 @@
 /**
  * Installs the interception rules, re-checks them on a timer and re-applies them on drift, removes them.
  * Every iptables call goes through the CommandRunner; every write is one iptables-restore transaction per
- * family (iptables, and ip6tables when the spec has an IPv6 host address), covering the nat DNAT chain and the
- * filter backstop together.
+ * family, covering the nat DNAT chain and the filter backstop together. ip6tables gets both when the spec has an
+ * IPv6 host address, and the backstop alone otherwise; in that second case a node without ip6tables or without
+ * IPv6 is no failure (one warning, IPv4 goes on).
  */
 import type { Logger } from 'pino';
 import type { Clock, Timer } from '../clock.ts';
@@ -18,6 +19,7 @@ import {
   familyState,
   formatArgs,
   HOOK_CHAINS,
+  managesDnat,
   metadataAddress,
   METADATA_PORT,
   renderInstall,
@@ -83,8 +85,9 @@ export interface FamilyStatus {
 /** The ip6tables part of the status. */
 export interface Ipv6Status extends FamilyStatus {
   /**
-   * The DNAT target wanted for fd00:ec2::254; null when IPv6 is not managed (no IPv6 host address): the
-   * section then only shows what is there, inSync says whether all of it is, and the top level ignores it.
+   * The DNAT target wanted for fd00:ec2::254; null when there is no IPv6 host address. With a spec, only the backstop
+   * is then wanted (backstop.rulesWanted filled, rulesWanted empty, the nat table neither compared nor in drift).
+   * Without a spec the section only shows what is there and inSync says whether all of it is.
    */
   hostIpv6: string | null;
   /** Why ip6tables could not be read (not installed, no IPv6 in the kernel, …); everything then reads as absent. */
@@ -93,14 +96,24 @@ export interface Ipv6Status extends FamilyStatus {
 
 /**
  * What `kiam iptables status` prints: a plain, JSON-friendly object. The top-level fields other than `ipv6` describe
- * iptables (IPv4) as they always did, except `inSync` and `drift`, which cover both families when IPv6 is managed
- * (IPv6 drift prefixed `ipv6: `).
+ * iptables (IPv4) as they always did, except `inSync` and `drift`, which cover IPv6 too (its drift prefixed `ipv6: `)
+ * when the spec has an IPv6 host address, or when it has none but ip6tables can be read (the backstop alone).
  */
 export interface RuleStatus extends FamilyStatus {
   backend: BackendName;
   backendReason: string;
   chain: string;
   ipv6: Ipv6Status;
+}
+
+/**
+ * How ip6tables fails on a node without it or without IPv6: not installed (127); the legacy tables cannot be
+ * created (`unable to initialize table`, `can't initialize ip6tables table`), nft or the socket refuses the family.
+ */
+const NO_IPV6 = /unable to initialize table|can't initialize ip6tables table|Address family not supported|Protocol not supported/i;
+
+function noIpv6(err: unknown): err is CommandError {
+  return err instanceof CommandError && (err.code === EXIT_NOT_FOUND || NO_IPV6.test(err.stderr));
 }
 
 const SAVE_TIMEOUT_MS = 15_000;
@@ -117,8 +130,10 @@ export class RuleReconciler {
   private readonly spec: ResolvedRuleSpec;
   private readonly backend: Backend;
   private readonly intervalMs: number;
-  /** ipv4, and ipv6 when the spec has an IPv6 host address. */
-  private readonly families: readonly IpFamily[];
+  /** ipv4 and ipv6 (ipv6 with the backstop alone when the spec has no IPv6 host address). */
+  private readonly families: readonly IpFamily[] = ['ipv4', 'ipv6'];
+  /** Why ip6tables cannot take the IPv6 backstop (backstop alone only), once warned; cleared once it could. */
+  private ipv6Unusable: string | undefined;
 
   private timer: Timer | undefined;
   private running = false;
@@ -140,7 +155,6 @@ export class RuleReconciler {
     this.logger = deps.logger.child({ component: 'iptables', backend: deps.backend.name, chain: this.spec.chain });
     this.backend = deps.backend;
     this.intervalMs = deps.intervalMs;
-    this.families = this.spec.hostIpv6 === undefined ? ['ipv4'] : ['ipv4', 'ipv6'];
   }
 
   /** True while the rules are known to be in place (last install/check succeeded, no remove since). */
@@ -150,14 +164,18 @@ export class RuleReconciler {
 
   /**
    * Write the chains and the jumps, one transaction per family, then flush conntrack entries for the metadata
-   * address. Every family is read first, so a missing ip6tables fails the install before anything is written.
+   * address. Every family is read first, so a missing ip6tables fails the install before anything is written
+   * (with an IPv6 host address; without one it is warned about and IPv4 goes on).
    */
   install(): Promise<void> {
     return this.exclusive(async () => {
       const lives: Array<[IpFamily, FamilyState]> = [];
-      for (const family of this.families) lives.push([family, await this.read(family)]);
+      for (const family of this.families) {
+        const live = await this.unlessNoIpv6(family, () => this.read(family));
+        if (live) lives.push([family, live]);
+      }
       for (const [family, live] of lives) this.warnShadowing(family, compareFamily(this.spec, live, family).shadowing);
-      for (const [family, live] of lives) await this.apply(family, live);
+      for (const [family, live] of lives) await this.unlessNoIpv6(family, () => this.apply(family, live));
       this.setPresent(true);
       this.logger.info(
         { hostIp: this.spec.hostIp, hostIpv6: this.spec.hostIpv6, port: this.spec.port, hostInterfaces: this.spec.hostInterfaces },
@@ -243,17 +261,44 @@ export class RuleReconciler {
     }
   }
 
-  /** One family's check: true when it was repaired, false when in sync. */
+  /** One family's check: true when it was repaired, false when in sync (or IPv6 backstop alone, and no ip6tables). */
   private async checkFamily(family: IpFamily): Promise<boolean> {
-    const live = await this.read(family);
+    const live = await this.unlessNoIpv6(family, () => this.read(family));
+    if (!live) return false;
     const { inSync, drift, shadowing } = compareFamily(this.spec, live, family);
     this.warnShadowing(family, shadowing);
     if (inSync) return false;
-    this.setPresent(false);
-    this.logger.warn({ family, drift }, 'interception rules drifted; re-applying');
-    await this.apply(family, live);
+    // Where ip6tables already refused the backstop, every tick finds it missing: that was warned about once, and
+    // it does not make the rules any less present.
+    const refused = family === 'ipv6' && this.ipv6Unusable !== undefined;
+    if (!refused) this.setPresent(false);
+    this.logger[refused ? 'debug' : 'warn']({ family, drift }, 'interception rules drifted; re-applying');
+    if ((await this.unlessNoIpv6(family, () => this.apply(family, live).then(() => true))) !== true) return false;
     this.logger.info({ family }, 'interception rules repaired');
     return true;
+  }
+
+  /**
+   * Run one ip6tables step. With the IPv6 backstop alone (no IPv6 host address), a node without ip6tables or
+   * without IPv6 resolves undefined instead of failing, with one warning: such a node cannot reach fd00:ec2::254
+   * at all, and IPv4 must not pay for it. Everything else (IPv4, IPv6 with a DNAT, other errors) throws as is.
+   */
+  private async unlessNoIpv6<T>(family: IpFamily, step: () => Promise<T>): Promise<T | undefined> {
+    if (managesDnat(this.spec, family)) return step();
+    try {
+      return await step();
+    } catch (err) {
+      if (!noIpv6(err)) throw err;
+      if (this.ipv6Unusable === undefined) {
+        this.logger.warn(
+          { family, argv: err.argv, code: err.code, stderr: err.stderr.trim() },
+          `ip6tables cannot take the IPv6 backstop (${err.message}); going on with IPv4 alone. A node without IPv6 cannot ` +
+            `reach ${metadataAddress('ipv6')} anyway; one with IPv6 needs ip6tables (${this.backend.name}) for its pods to fail closed there`,
+        );
+      }
+      this.ipv6Unusable = err.message;
+      return undefined;
+    }
   }
 
   private warnShadowing(family: IpFamily, shadowing: readonly string[]): void {
@@ -280,7 +325,12 @@ export class RuleReconciler {
       this.setPresent(false);
       throw err;
     }
-    await this.flushConntrack(family);
+    if (family === 'ipv6' && this.ipv6Unusable !== undefined) {
+      this.ipv6Unusable = undefined;
+      this.logger.info({ family }, 'ip6tables works now: the IPv6 backstop is installed');
+    }
+    // A backstop alone needs no flush: a filter rule sees every packet, a DNAT only a connection's first.
+    if (managesDnat(this.spec, family)) await this.flushConntrack(family);
   }
 
   /**
@@ -367,8 +417,10 @@ export async function removeChain(runner: CommandRunner, backend: Backend, chain
 /**
  * Describe what is present, in both families. With a spec, also what is wanted and whether the two agree;
  * without one (`kiam iptables status` given no --host-ip), rulesWanted is empty and inSync says only whether
- * everything is there. ip6tables is compared only when the spec has an IPv6 host address; otherwise it is
- * described (when it can be read) and left out of the top-level inSync.
+ * everything is there. With a spec, ip6tables is compared too: the DNAT and the backstop with an IPv6 host
+ * address, the backstop alone without one. The top-level inSync counts IPv6 with an IPv6 host address, and
+ * without one only when ip6tables can be read (a node without it or without IPv6 is not drift, as in install()).
+ * Without a spec, IPv6 is described and left out.
  */
 export async function readStatus(
   runner: CommandRunner,
@@ -378,23 +430,24 @@ export async function readStatus(
   const chain = spec.chain;
   const full = 'hostIp' in spec ? spec : undefined;
   const v4 = familyStatus(await readFamily(runner, backend, 'ipv4', chain), chain, 'ipv4', full);
-  const managed = full?.hostIpv6 !== undefined ? full : undefined;
+  const hostIpv6 = full?.hostIpv6 ?? null;
   const result6 = await save(runner, backend, 'ipv6');
   let v6: Ipv6Status;
   if (result6.code === 0) {
-    v6 = { ...familyStatus(familyState(result6.stdout, chain), chain, 'ipv6', managed), hostIpv6: managed?.hostIpv6 ?? null };
+    v6 = { ...familyStatus(familyState(result6.stdout, chain), chain, 'ipv6', full), hostIpv6 };
   } else {
     const error = `${backend.save6} exited ${result6.code}: ${firstLine(result6.stderr)}`;
-    const empty = familyStatus(familyState('', chain), chain, 'ipv6', managed);
-    v6 = { ...empty, hostIpv6: managed?.hostIpv6 ?? null, error, ...(managed ? { inSync: false, drift: [`cannot read ip6tables: ${error}`] } : {}) };
+    const empty = familyStatus(familyState('', chain), chain, 'ipv6', full);
+    v6 = { ...empty, hostIpv6, error, ...(full ? { inSync: false, drift: [`cannot read ip6tables: ${error}`] } : {}) };
   }
+  const counted = full !== undefined && (hostIpv6 !== null || result6.code === 0);
   return {
     backend: backend.name,
     backendReason: backend.reason,
     chain,
     ...v4,
-    inSync: v4.inSync && (!managed || v6.inSync),
-    drift: [...v4.drift, ...(managed ? v6.drift.map((d) => `ipv6: ${d}`) : [])],
+    inSync: v4.inSync && (!counted || v6.inSync),
+    drift: [...v4.drift, ...(counted ? v6.drift.map((d) => `ipv6: ${d}`) : [])],
     ipv6: v6,
   };
 }
@@ -416,7 +469,7 @@ function familyStatus(live: FamilyState, chain: string, family: IpFamily, spec: 
     jumpPresent: jumpPositions.length > 0,
     jumpPosition: jumpPositions[0] ?? null,
     jumpPositions,
-    rulesWanted: spec ? lines(chain, desiredRules(spec, family).map(formatArgs)) : [],
+    rulesWanted: spec && managesDnat(spec, family) ? lines(chain, desiredRules(spec, family).map(formatArgs)) : [],
     rulesFound: lines(chain, live.nat.rules),
     backstop: {
       chain: backstop,

@@ -28,7 +28,10 @@ export const HOOK_CHAINS: Readonly<Record<RuleTable, readonly string[]>> = { nat
 export interface RuleSpec {
   /** Where the DNAT sends metadata traffic: the agent's address on this node. */
   hostIp: string;
-  /** The node's global IPv6 address: when given, ip6tables gets the same rules for fd00:ec2::254, DNAT to [hostIpv6]:port. */
+  /**
+   * The node's global IPv6 address: when given, ip6tables gets the same rules for fd00:ec2::254, DNAT to [hostIpv6]:port.
+   * Without it, ip6tables gets the backstop alone (no DNAT): pods dialling fd00:ec2::254 are rejected.
+   */
   hostIpv6?: string;
   port: number;
   /** iptables -i patterns: `cali+`, `eni+`, `cni0`, negated `!eth0`. One DNAT rule each. */
@@ -43,6 +46,15 @@ export type ResolvedRuleSpec = Required<Omit<RuleSpec, 'hostIpv6'>> & Pick<RuleS
 /** The metadata address intercepted in a family. */
 export function metadataAddress(family: IpFamily): string {
   return family === 'ipv6' ? METADATA_IPV6 : METADATA_IP;
+}
+
+/**
+ * Whether the spec wants a DNAT in this family: always for IPv4, for IPv6 only with an IPv6 host address. Without
+ * one, ip6tables holds the backstop alone, so that pods on a node whose instance serves fd00:ec2::254
+ * (HttpProtocolIpv6 enabled) fail closed there instead of reaching the node's role.
+ */
+export function managesDnat(spec: Pick<RuleSpec, 'hostIpv6'>, family: IpFamily): boolean {
+  return family === 'ipv4' || spec.hostIpv6 !== undefined;
 }
 
 /** The filter chain holding the backstop for a nat chain. */
@@ -182,7 +194,8 @@ function quoteArg(arg: string): string {
 /**
  * The `iptables-restore --noflush` transaction (`ip6tables-restore` for IPv6) that (re)writes the nat chain
  * and the filter backstop chain, and makes sure each hook chain (nat PREROUTING; filter INPUT and FORWARD)
- * jumps to ours exactly once. `:CHAIN - [0:0]` creates or flushes only that chain. With the live state given,
+ * jumps to ours exactly once. IPv6 without an IPv6 host address gets the filter part alone (see managesDnat);
+ * the nat table is then not touched. `:CHAIN - [0:0]` creates or flushes only that chain. With the live state given,
  * a jump is inserted only when missing; stray or duplicate jumps are deleted first and one plain jump is
  * inserted at position 1, and so is a jump that a rule handling the metadata address shadows.
  * nft applies the whole input at once; legacy commits each table in turn, the nat table first, so that a
@@ -191,7 +204,7 @@ function quoteArg(arg: string): string {
 export function renderInstall(spec: ResolvedRuleSpec, live?: FamilyState, family: IpFamily = 'ipv4'): string {
   const address = metadataAddress(family);
   return [
-    ...renderTable('nat', spec.chain, desiredRules(spec, family), live?.nat, address),
+    ...(managesDnat(spec, family) ? renderTable('nat', spec.chain, desiredRules(spec, family), live?.nat, address) : []),
     ...renderTable('filter', backstopChain(spec.chain), desiredBackstop(spec, family), live?.backstop, address),
     '',
   ].join('\n');
@@ -498,9 +511,15 @@ export interface FamilyComparison {
   shadowing: string[];
 }
 
-/** Compare both of the agent's chains in one family. */
+/**
+ * Compare both of the agent's chains in one family. Where the spec wants no DNAT (IPv6 without an IPv6 host
+ * address), the nat table is left out: its comparison is in sync, with no drift and nothing shadowing (a leftover
+ * DNAT chain of ours is not drift: it only shows in the jump positions).
+ */
 export function compareFamily(spec: ResolvedRuleSpec, live: FamilyState, family: IpFamily = 'ipv4'): FamilyComparison {
-  const nat = compare(spec, live.nat, family);
+  const nat = managesDnat(spec, family)
+    ? compare(spec, live.nat, family)
+    : { inSync: true, drift: [], jumpPositions: live.nat.jumps.filter((j) => j.chain === 'PREROUTING').map((j) => j.position), rulesAhead: [], shadowing: [] };
   const backstop = compareBackstop(spec, live.backstop, family);
   return {
     inSync: nat.inSync && backstop.inSync,

@@ -102,3 +102,11 @@ export function savedInstalled(ifaces: string[] = ['cali+'], family: Family = 'i
     filter: { rules: ifaces.map((i) => printedBackstop(i, family)), input: ['-j KIAM-METADATA-BACKSTOP'], forward: ['-j KIAM-METADATA-BACKSTOP'] },
   });
 }
+
+/** The backstop alone, installed for these interfaces: what ip6tables holds when the agent has no IPv6 host address. */
+export function savedBackstop(ifaces: string[] = ['cali+'], family: Family = 'ipv6'): string {
+  return saved({
+    nat: { chain: false },
+    filter: { rules: ifaces.map((i) => printedBackstop(i, family)), input: ['-j KIAM-METADATA-BACKSTOP'], forward: ['-j KIAM-METADATA-BACKSTOP'] },
+  });
+}

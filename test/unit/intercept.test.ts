@@ -20,7 +20,7 @@ import * as captured from '../fakes/bpftool-output.ts';
 import { FEATURES, FIXTURE_BPFFS, FIXTURE_CGROUP, FIXTURE_ROOT, IDS, withAttached, withConfig } from '../fakes/bpftool-output.ts';
 import { BpftoolRecorder, detach, PINS, READ, WRITE } from '../fakes/bpftool-runner.ts';
 import { FakeClock } from '../fakes/clock.ts';
-import { SAVED_EMPTY, savedInstalled } from '../fakes/iptables-save.ts';
+import { savedBackstop, savedInstalled } from '../fakes/iptables-save.ts';
 
 const OBJECT = '/opt/kiam/kiam.bpf.o';
 const FEATURE_PROBE = ['bpftool', '-j', 'feature', 'probe', 'kernel'];
@@ -56,7 +56,8 @@ class NodeRunner implements CommandRunner {
     if (/^(ip6?tables|conntrack)/.test(argv[0] ?? '')) {
       this.iptables.push([...argv]);
       if (/^iptables.*-save$/.test(argv[0]!)) return { code: 0, stdout: savedInstalled(['cali+']), stderr: '' };
-      if (/^ip6tables.*-save$/.test(argv[0]!)) return { code: 0, stdout: SAVED_EMPTY, stderr: '' };
+      // No --host-ipv6 here: ip6tables holds the backstop alone.
+      if (/^ip6tables.*-save$/.test(argv[0]!)) return { code: 0, stdout: savedBackstop(['cali+']), stderr: '' };
       return { code: argv[0] === 'conntrack' ? 1 : 0, stdout: '', stderr: '' };
     }
     const result = await this.bpf.run(argv, options);
@@ -128,7 +129,13 @@ describe('kiam intercept install', () => {
     assert.equal(h.probes.length, 0);
     const warning = h.logs.find((l) => l.level === 40 && /intercepting with iptables alone/.test(String(l.msg)));
     assert.ok(warning, 'a warning says what is missing');
-    assert.match(renderInterceptReport(report), /^ebpf: {6}not active: the eBPF socket redirect cannot run on this node: kernel 4\.19/m);
+    const text = renderInterceptReport(report);
+    assert.match(text, /^ebpf: {6}not active: the eBPF socket redirect cannot run on this node: kernel 4\.19/m);
+    // No --host-ipv6: ip6tables holds the backstop alone, shown and counted.
+    assert.match(text, /^chain6: {3}KIAM-METADATA absent \(not wanted without --host-ipv6: the backstop alone\)$/m);
+    assert.match(text, /^backstop6: KIAM-METADATA-BACKSTOP present, jumps INPUT 1, FORWARD 1$/m);
+    assert.match(text, /^in sync: {3}yes$/m);
+    assert.ok(h.runner.iptables.some((argv) => argv[0] === 'ip6tables-nft-restore'), 'the IPv6 backstop was written');
   });
 
   test('ebpf on a node without support: throws with the reason, runs nothing else', async () => {

@@ -112,14 +112,14 @@ for (const backendName of missing ? [] : (['nft', 'legacy'] as BackendName[])) {
       for (const name of created.reverse()) await runChecked(host, ['ip', 'netns', 'delete', name]);
     });
 
-    function reconcilerFor(hostInterfaces: string[]): { reconciler: RuleReconciler; metrics: ReturnType<typeof createMetrics> } {
+    function reconcilerFor(hostInterfaces: string[], hostIpv6: string | null = HOST_IPV6): { reconciler: RuleReconciler; metrics: ReturnType<typeof createMetrics> } {
       const metrics = createMetrics();
       const reconciler = new RuleReconciler({
         runner: inNs,
         clock: new FakeClock(),
         metrics,
         logger: pino({ level: 'silent' }),
-        spec: { hostIp: HOST_IP, hostIpv6: HOST_IPV6, port: 8181, hostInterfaces },
+        spec: { hostIp: HOST_IP, ...(hostIpv6 ? { hostIpv6 } : {}), port: 8181, hostInterfaces },
         backend: backendCommands(backendName, 'test'),
         intervalMs: 10_000,
       });
@@ -247,6 +247,37 @@ for (const backendName of missing ? [] : (['nft', 'legacy'] as BackendName[])) {
         assert.deepEqual(await both(), ['answer:real', 'answer:real']);
       } finally {
         await reconciler.stop();
+      }
+    });
+
+    it('without a host IPv6 address, a pod dialling [fd00:ec2::254]:80 is reset by the IPv6 backstop alone, never reaching the real service', async () => {
+      const { reconciler } = reconcilerFor(['cali+'], null);
+      const dial = async (address: string) => (await runChecked(inPod, [process.execPath, '-e', CLIENT, address, '80'])).stdout.trim();
+      const both = async () => [await dial('169.254.169.254'), await dial('fd00:ec2::254')];
+      try {
+        assert.deepEqual(await both(), ['answer:real', 'answer:real'], 'without our rules the pod reaches the real service over both families');
+        await reconciler.install();
+        assert.deepEqual(await both(), ['answer:agent', 'error:ECONNREFUSED'], 'IPv4 goes to the agent; IPv6 fails closed');
+        assert.doesNotMatch(await runChecked(inNs, [`ip6tables-${backendName}-save`, '-t', 'nat']).then((r) => r.stdout), /KIAM-METADATA/, 'no IPv6 DNAT');
+        const status = await reconciler.status();
+        assert.deepEqual(
+          [status.inSync, status.drift, status.ipv6.hostIpv6, status.ipv6.chainPresent, status.ipv6.rulesWanted, status.ipv6.backstop.chainPresent, status.ipv6.backstop.jumpPositions, status.ipv6.backstop.rulesFound.length, status.ipv6.inSync],
+          [true, [], null, false, [], true, { INPUT: [1], FORWARD: [1] }, 1, true],
+        );
+        assert.equal(await reconciler.check(), 'in-sync', 'what ip6tables-save prints back compares equal to the backstop we wrote');
+
+        await ip6tables('-F', 'KIAM-METADATA-BACKSTOP');
+        assert.deepEqual((await reconciler.status()).drift, ['ipv6: chain KIAM-METADATA-BACKSTOP holds 0 rule(s) that differ from the 1 wanted']);
+        assert.equal(await dial('fd00:ec2::254'), 'answer:real', 'the leak the backstop closes');
+        assert.equal(await reconciler.check(), 'repaired');
+        assert.equal(await dial('fd00:ec2::254'), 'error:ECONNREFUSED');
+
+        assert.equal(await reconciler.remove(), true);
+        assert.doesNotMatch(await save6(), /KIAM-METADATA/);
+        assert.deepEqual(await both(), ['answer:real', 'answer:real']);
+      } finally {
+        await reconciler.stop();
+        for (const [cmd, table] of [[iptables, 'nat'], [iptables, 'filter'], [ip6tables, 'nat'], [ip6tables, 'filter']] as const) await cmd('-t', table, '-F');
       }
     });
   });

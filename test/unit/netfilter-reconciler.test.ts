@@ -9,7 +9,7 @@ import { readStatus, RuleReconciler } from '../../src/netfilter/reconciler.ts';
 import { RuleSpecError, type RuleSpec } from '../../src/netfilter/rules.ts';
 import { FakeClock } from '../fakes/clock.ts';
 import { ScriptedRunner } from '../fakes/runner.ts';
-import { printedBackstop, printedRule, RULE_COMMENT, saved, SAVED_EMPTY, savedInstalled } from '../fakes/iptables-save.ts';
+import { printedBackstop, printedRule, RULE_COMMENT, saved, SAVED_EMPTY, savedBackstop, savedInstalled } from '../fakes/iptables-save.ts';
 
 const SAVE = ['iptables-nft-save'];
 const SAVE6 = ['ip6tables-nft-save'];
@@ -42,6 +42,12 @@ const RULE6_CALI =
 const BACKSTOP6_CALI =
   '-A KIAM-METADATA-BACKSTOP -i cali+ -d fd00:ec2::254/128 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset';
 const INSTALLED6 = savedInstalled(['cali+'], 'ipv6');
+/** Without an IPv6 host address: the IPv6 backstop alone, installed (no IPv6 DNAT). */
+const BACKSTOP6_ONLY = savedBackstop();
+/** The IPv6 transaction without an IPv6 host address: the filter table alone. */
+function backstop6Payload(backstop: string[] = [BACKSTOP6_CALI], hooks: string[] = BACKSTOP_JUMPS): string {
+  return ['*filter', ':KIAM-METADATA-BACKSTOP - [0:0]', ...backstop, ...hooks, 'COMMIT', ''].join('\n');
+}
 
 interface Harness {
   runner: ScriptedRunner;
@@ -97,9 +103,14 @@ function warnings(logs: Array<Record<string, unknown>>, pattern: RegExp): Array<
 }
 
 describe('RuleReconciler.install', () => {
-  it('writes the exact transaction for one interface (DNAT and backstop), then flushes conntrack', async () => {
+  it('writes the exact transaction for one interface (DNAT and backstop), then flushes conntrack; IPv6 gets the backstop alone', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: EMPTY }).expect(RESTORE, {}, { input: installPayload([RULE_CALI]) }).expect(CONNTRACK, NO_FLOWS);
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: EMPTY })
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(RESTORE6, {}, { input: backstop6Payload() });
     assert.equal(h.reconciler.present, false);
     await h.reconciler.install();
     h.runner.assertDone();
@@ -113,10 +124,13 @@ describe('RuleReconciler.install', () => {
     const h = setup({ hostInterfaces: ['cali+', '!eth0', 'eni+'] });
     const rule = (m: string) => `-A KIAM-METADATA ${m} -d 169.254.169.254/32 -p tcp -m tcp --dport 80 ${RULE_COMMENT} -j DNAT --to-destination 10.0.1.23:8181`;
     const backstop = (m: string) => `-A KIAM-METADATA-BACKSTOP ${m} -d 169.254.169.254/32 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset`;
+    const backstopV6 = (m: string) => backstop(m).replace('169.254.169.254/32', 'fd00:ec2::254/128');
     h.runner
       .expect(SAVE, { stdout: saved({ nat: { rules: [], prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }, filter: { ...FILTER_OK, rules: [] } }) })
+      .expect(SAVE6, { stdout: savedBackstop(['cali+', '!eth0', 'eni+']) })
       .expect(RESTORE, {}, { input: installPayload([rule('-i cali+'), rule('! -i eth0'), rule('-i eni+')], [], [backstop('-i cali+'), backstop('! -i eth0'), backstop('-i eni+')], []) })
-      .expect(CONNTRACK, { code: 0, stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' });
+      .expect(CONNTRACK, { code: 0, stderr: 'conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted.\n' })
+      .expect(RESTORE6, {}, { input: backstop6Payload([backstopV6('-i cali+'), backstopV6('! -i eth0'), backstopV6('-i eni+')], []) });
     await h.reconciler.install();
     h.runner.assertDone();
     assert.equal(h.reconciler.present, true);
@@ -165,8 +179,10 @@ describe('RuleReconciler.install', () => {
     const kube2iam = '-d 169.254.169.254/32 -i cali+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.1.23:8282';
     h.runner
       .expect(SAVE, { stdout: saved({ nat: { ...NAT_OK, prerouting: [kube2iam, '-j KIAM-METADATA'] }, filter: FILTER_OK }) })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
       .expect(RESTORE, {}, { input: installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', JUMP], [BACKSTOP_CALI], []) })
-      .expect(CONNTRACK, NO_FLOWS);
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(RESTORE6, {}, { input: backstop6Payload([BACKSTOP6_CALI], []) });
     await h.reconciler.install();
     h.runner.assertDone();
     const shadow = warnings(h.logs, /rule ahead of our jump handles 169\.254\.169\.254/);
@@ -177,7 +193,7 @@ describe('RuleReconciler.install', () => {
   it('fails with argv and stderr when the restore fails, leaving present false', async () => {
     const h = setup();
     const stderr = "iptables-nft-restore v1.8.9 (nf_tables): Chain 'KIAM-METADATA' does not exist\nError occurred at line: 3\n";
-    h.runner.expect(SAVE, { stdout: EMPTY }).expect(RESTORE, { code: 2, stderr });
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { stdout: BACKSTOP6_ONLY }).expect(RESTORE, { code: 2, stderr });
     await assert.rejects(h.reconciler.install(), (err: unknown) => {
       assert.ok(err instanceof CommandError);
       assert.deepEqual(err.argv, RESTORE);
@@ -194,7 +210,7 @@ describe('RuleReconciler.install', () => {
 
   it('logs a warning, and still succeeds, when conntrack is missing', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: EMPTY }).expect(RESTORE).expect(CONNTRACK, { code: 127, stderr: 'conntrack: command not found' });
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { stdout: BACKSTOP6_ONLY }).expect(RESTORE).expect(CONNTRACK, { code: 127, stderr: 'conntrack: command not found' }).expect(RESTORE6);
     await h.reconciler.install();
     h.runner.assertDone();
     assert.equal(h.reconciler.present, true);
@@ -205,7 +221,14 @@ describe('RuleReconciler.install', () => {
 
   it('serialises a check that arrives while an install is running', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: EMPTY }).expect(RESTORE).expect(CONNTRACK, NO_FLOWS).expect(SAVE, { stdout: INSTALLED_ONE });
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
+      .expect(RESTORE)
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(RESTORE6)
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY });
     const [, result] = await Promise.all([h.reconciler.install(), h.reconciler.check()]);
     assert.equal(result, 'in-sync');
     h.runner.assertDone();
@@ -225,7 +248,7 @@ describe('RuleReconciler.install', () => {
 describe('RuleReconciler.check', () => {
   it('reads and writes nothing when in sync', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { stdout: INSTALLED_ONE });
+    h.runner.expect(SAVE, { stdout: INSTALLED_ONE }).expect(SAVE6, { stdout: BACKSTOP6_ONLY });
     assert.equal(await h.reconciler.check(), 'in-sync');
     h.runner.assertDone();
     assert.equal(h.runner.inputsOf('iptables-nft-restore').length, 0);
@@ -240,7 +263,7 @@ describe('RuleReconciler.check', () => {
         nat: { ...NAT_OK, prerouting: ['-m comment --comment "cali:6gwbT8clXdHdC1b1" -j cali-PREROUTING', '-j KIAM-METADATA'] },
         filter: { ...FILTER_OK, input: ['-j KUBE-FIREWALL', '-j KIAM-METADATA-BACKSTOP'], forward: ['-j cali-FORWARD', '-j KUBE-FORWARD', '-j KIAM-METADATA-BACKSTOP'] },
       }),
-    });
+    }).expect(SAVE6, { stdout: BACKSTOP6_ONLY });
     assert.equal(await h.reconciler.check(), 'in-sync');
     h.runner.assertDone();
     assert.deepEqual(h.logs.filter((l) => Number(l.level) >= 40), []);
@@ -304,7 +327,7 @@ describe('RuleReconciler.check', () => {
   for (const [label, live, payload] of drifts) {
     it(`re-applies and counts a repair when ${label}`, async () => {
       const h = setup();
-      h.runner.expect(SAVE, { stdout: live }).expect(RESTORE, {}, { input: payload }).expect(CONNTRACK, NO_FLOWS);
+      h.runner.expect(SAVE, { stdout: live }).expect(RESTORE, {}, { input: payload }).expect(CONNTRACK, NO_FLOWS).expect(SAVE6, { stdout: BACKSTOP6_ONLY });
       assert.equal(await h.reconciler.check(), 'repaired');
       h.runner.assertDone();
       assert.deepEqual(await reconciles(h.metrics), { repaired: 1 });
@@ -320,7 +343,9 @@ describe('RuleReconciler.check', () => {
     const other = '-d 169.254.169.254/32 -j RETURN';
     const shadowed = (rule: string) => saved({ nat: { ...NAT_OK, prerouting: ['-j cali-PREROUTING', rule, '-j KIAM-METADATA'] }, filter: FILTER_OK });
     const payload = installPayload([RULE_CALI], ['-D PREROUTING -j KIAM-METADATA', JUMP], [BACKSTOP_CALI], []);
-    for (const rule of [kube2iam, kube2iam, other]) h.runner.expect(SAVE, { stdout: shadowed(rule) }).expect(RESTORE, {}, { input: payload }).expect(CONNTRACK, NO_FLOWS);
+    for (const rule of [kube2iam, kube2iam, other]) {
+      h.runner.expect(SAVE, { stdout: shadowed(rule) }).expect(RESTORE, {}, { input: payload }).expect(CONNTRACK, NO_FLOWS).expect(SAVE6, { stdout: BACKSTOP6_ONLY });
+    }
     for (let i = 0; i < 3; i++) assert.equal(await h.reconciler.check(), 'repaired');
     h.runner.assertDone();
     const drift = h.logs.filter((l) => l.msg === 'interception rules drifted; re-applying').map((l) => l.drift);
@@ -334,10 +359,100 @@ describe('RuleReconciler.check', () => {
 
   it('counts a failed read as an error, with the stderr in the error', async () => {
     const h = setup();
-    h.runner.expect(SAVE, { code: 4, stderr: 'iptables-nft-save: Permission denied (you must be root)\n' });
+    h.runner.expect(SAVE, { code: 4, stderr: 'iptables-nft-save: Permission denied (you must be root)\n' }).expect(SAVE6, { stdout: BACKSTOP6_ONLY });
     await assert.rejects(h.reconciler.check(), /iptables-nft-save exited 4: iptables-nft-save: Permission denied/);
     h.runner.assertDone();
     assert.deepEqual(await reconciles(h.metrics), { error: 1 });
+  });
+});
+
+describe('RuleReconciler without an IPv6 host address: the IPv6 backstop alone', () => {
+  const NO_IP6TABLES = { code: 127, stderr: 'ip6tables-nft-save: command not found' };
+  const NO_IPV6_STACK = { code: 2, stderr: "ip6tables-restore v1.8.9 (legacy): ip6tables-restore: unable to initialize table 'filter'\nError occurred at line: 1\n" };
+  const noIpv6Warnings = (logs: Array<Record<string, unknown>>) => warnings(logs, /^ip6tables cannot take the IPv6 backstop/);
+
+  it('check() repairs the IPv6 backstop, writing no nat table and flushing no IPv6 conntrack', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: saved({ nat: { chain: false }, filter: { ...FILTER_OK, rules: [printedBackstop('cali+', 'ipv6')], forward: [] } }) })
+      .expect(RESTORE6, {}, { input: backstop6Payload([BACKSTOP6_CALI], [BACKSTOP_JUMPS[1]!]) });
+    assert.equal(await h.reconciler.check(), 'repaired');
+    h.runner.assertDone();
+    const drift = h.logs.find((l) => l.msg === 'interception rules drifted; re-applying');
+    assert.deepEqual([drift?.level, drift?.family, drift?.drift], [40, 'ipv6', ['FORWARD does not jump to KIAM-METADATA-BACKSTOP']]);
+  });
+
+  it('without ip6tables, installs IPv4 with one warning, and later checks stay quiet', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, NO_IP6TABLES)
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, NO_IP6TABLES)
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, NO_IP6TABLES);
+    await h.reconciler.install();
+    assert.equal(h.reconciler.present, true);
+    assert.equal(await h.reconciler.check(), 'in-sync');
+    assert.equal(await h.reconciler.check(), 'in-sync');
+    h.runner.assertDone();
+    assert.deepEqual(await reconciles(h.metrics), { 'in-sync': 2 });
+    const warned = noIpv6Warnings(h.logs);
+    assert.equal(warned.length, 1, 'one warning');
+    assert.match(String(warned[0]?.msg), /ip6tables-nft-save exited 127: ip6tables-nft-save: command not found\); going on with IPv4 alone/);
+    assert.deepEqual(h.logs.filter((l) => Number(l.level) >= 40).map((l) => l.msg), [warned[0]?.msg], 'nothing else above info');
+  });
+
+  it('on a kernel without IPv6 (the restore fails), installs IPv4 with one warning, retries quietly, and says when it works', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: EMPTY })
+      .expect(SAVE6, { stdout: '' })
+      .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
+      .expect(CONNTRACK, NO_FLOWS)
+      .expect(RESTORE6, NO_IPV6_STACK, { input: backstop6Payload() })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: '' })
+      .expect(RESTORE6, NO_IPV6_STACK)
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: '' })
+      .expect(RESTORE6, {}, { input: backstop6Payload() });
+    await h.reconciler.install();
+    assert.equal(h.reconciler.present, true);
+    assert.equal(await gauge(h.metrics), 1);
+    assert.equal(await h.reconciler.check(), 'in-sync', 'nothing could be repaired');
+    assert.equal(h.reconciler.present, true);
+    assert.equal(await h.reconciler.check(), 'repaired', 'ip6tables works again');
+    h.runner.assertDone();
+    assert.deepEqual(await reconciles(h.metrics), { 'in-sync': 1, repaired: 1 });
+    assert.equal(noIpv6Warnings(h.logs).length, 1, 'one warning');
+    assert.match(String(noIpv6Warnings(h.logs)[0]?.msg), /unable to initialize table 'filter'/);
+    assert.deepEqual(h.logs.filter((l) => l.msg === 'interception rules drifted; re-applying').map((l) => l.level), [20, 20], 'the known-missing backstop is no news: debug, not warn');
+    assert.ok(h.logs.some((l) => l.level === 30 && l.msg === 'ip6tables works now: the IPv6 backstop is installed'));
+  });
+
+  it('fails the install on any other ip6tables failure, as for IPv4', async () => {
+    const h = setup();
+    const locked = { code: 4, stderr: 'Another app is currently holding the xtables lock. Stopped waiting after 5s.\n' };
+    h.runner.expect(SAVE, { stdout: EMPTY }).expect(SAVE6, { stdout: EMPTY }).expect(RESTORE).expect(CONNTRACK, NO_FLOWS).expect(RESTORE6, locked);
+    await assert.rejects(h.reconciler.install(), /^CommandError: ip6tables-nft-restore --noflush --wait 5 exited 4: Another app is currently holding the xtables lock/);
+    h.runner.assertDone();
+    assert.equal(h.reconciler.present, false);
+    assert.deepEqual(noIpv6Warnings(h.logs), []);
+  });
+
+  it('remove() removes the IPv6 backstop alone', async () => {
+    const h = setup();
+    h.runner
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(RESTORE, {}, { input: REMOVE_V4 })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
+      .expect(RESTORE6, {}, { input: ['*filter', '-D INPUT -j KIAM-METADATA-BACKSTOP', '-D FORWARD -j KIAM-METADATA-BACKSTOP', ':KIAM-METADATA-BACKSTOP - [0:0]', '-X KIAM-METADATA-BACKSTOP', 'COMMIT', ''].join('\n') });
+    assert.equal(await h.reconciler.remove(), true);
+    h.runner.assertDone();
   });
 });
 
@@ -346,12 +461,16 @@ describe('RuleReconciler timer', () => {
     const h = setup();
     h.runner
       .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
       .expect(SAVE, { stdout: EMPTY })
       .expect(RESTORE, { code: 2, stderr: 'iptables-nft-restore: line 3 failed\n' })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
       .expect(SAVE, { stdout: EMPTY })
       .expect(RESTORE, {}, { input: installPayload([RULE_CALI]) })
       .expect(CONNTRACK, NO_FLOWS)
-      .expect(SAVE, { stdout: INSTALLED_ONE });
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY });
     h.reconciler.start();
     h.reconciler.start(); // idempotent: still one timer
     assert.equal(h.clock.timers, 1);
@@ -380,7 +499,7 @@ describe('RuleReconciler timer', () => {
     await h.reconciler.stop();
     assert.equal(h.clock.timers, 0);
     await h.clock.advance(60_000);
-    assert.equal(h.runner.calls.length, 7, 'no check after stop()');
+    assert.equal(h.runner.calls.length, 11, 'no check after stop()');
   });
 });
 
@@ -471,7 +590,7 @@ const EMPTY_FAMILY = {
 };
 
 describe('RuleReconciler.status', () => {
-  it('describes backend, chains, jump positions, rules found vs wanted and the rules ahead, for both families', async () => {
+  it('describes backend, chains, jump positions, rules found vs wanted and the rules ahead, for both families (IPv6: the backstop alone)', async () => {
     const h = setup({ hostInterfaces: ['cali+', '!eth0'] });
     h.runner
       .expect(SAVE, { stdout: saved({ nat: { ...NAT_OK, prerouting: ['-j KUBE-SERVICES', '-j KIAM-METADATA'] }, filter: { ...FILTER_OK, forward: ['-j cali-FORWARD', '-j KIAM-METADATA-BACKSTOP'] } }) })
@@ -498,8 +617,19 @@ describe('RuleReconciler.status', () => {
       },
       rulesAhead: ['-A PREROUTING -j KUBE-SERVICES', '-A FORWARD -j cali-FORWARD'],
       inSync: false,
-      drift: ['chain KIAM-METADATA holds 1 rule(s) that differ from the 2 wanted', 'chain KIAM-METADATA-BACKSTOP holds 1 rule(s) that differ from the 2 wanted'],
-      ipv6: { ...EMPTY_FAMILY, hostIpv6: null },
+      drift: [
+        'chain KIAM-METADATA holds 1 rule(s) that differ from the 2 wanted',
+        'chain KIAM-METADATA-BACKSTOP holds 1 rule(s) that differ from the 2 wanted',
+        'ipv6: chain KIAM-METADATA-BACKSTOP missing',
+        'ipv6: INPUT does not jump to KIAM-METADATA-BACKSTOP',
+        'ipv6: FORWARD does not jump to KIAM-METADATA-BACKSTOP',
+      ],
+      ipv6: {
+        ...EMPTY_FAMILY,
+        backstop: { ...EMPTY_FAMILY.backstop, rulesWanted: [BACKSTOP6_CALI, negated(BACKSTOP6_CALI)] },
+        drift: ['chain KIAM-METADATA-BACKSTOP missing', 'INPUT does not jump to KIAM-METADATA-BACKSTOP', 'FORWARD does not jump to KIAM-METADATA-BACKSTOP'],
+        hostIpv6: null,
+      },
     });
   });
 
@@ -546,19 +676,43 @@ describe('RuleReconciler.status', () => {
     h.runner.assertDone();
   });
 
-  it('without an IPv6 host address, shows ip6tables without counting it, and tells when it cannot be read', async () => {
+  it('without an IPv6 host address, counts the IPv6 backstop alone (a leftover DNAT is shown, not drift), unless ip6tables cannot be read', async () => {
     const h = setup();
     h.runner
       .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: BACKSTOP6_ONLY })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
       .expect(SAVE6, { stdout: INSTALLED6 })
       .expect(SAVE, { stdout: INSTALLED_ONE })
+      .expect(SAVE6, { stdout: saved({ nat: { chain: false }, filter: { ...FILTER_OK, rules: [printedBackstop('cali+', 'ipv6')], input: [] } }) })
+      .expect(SAVE, { stdout: INSTALLED_ONE })
       .expect(SAVE6, { code: 127, stderr: 'ip6tables-nft-save: command not found' });
+    const ok = await h.reconciler.status();
+    assert.deepEqual([ok.inSync, ok.drift], [true, []]);
+    assert.deepEqual(ok.ipv6, {
+      ...EMPTY_FAMILY,
+      backstop: { ...EMPTY_FAMILY.backstop, chainPresent: true, jumpPositions: { INPUT: [1], FORWARD: [1] }, rulesWanted: [BACKSTOP6_CALI], rulesFound: [printedBackstop('cali+', 'ipv6')] },
+      inSync: true,
+      hostIpv6: null,
+    });
+
     const leftover = await h.reconciler.status();
-    assert.deepEqual([leftover.inSync, leftover.drift], [true, []]);
-    assert.deepEqual([leftover.ipv6.hostIpv6, leftover.ipv6.inSync, leftover.ipv6.rulesWanted, leftover.ipv6.rulesFound], [null, true, [], [printedRule('cali+', '[2001:db8::23]:8181', 'ipv6')]]);
+    assert.deepEqual([leftover.inSync, leftover.drift, leftover.ipv6.inSync], [true, [], true]);
+    assert.deepEqual([leftover.ipv6.rulesWanted, leftover.ipv6.rulesFound, leftover.ipv6.jumpPositions], [[], [printedRule('cali+', '[2001:db8::23]:8181', 'ipv6')], [1]]);
+
+    const drifted = await h.reconciler.status();
+    assert.deepEqual([drifted.inSync, drifted.drift, drifted.ipv6.inSync], [false, ['ipv6: INPUT does not jump to KIAM-METADATA-BACKSTOP'], false]);
+
     const missing = await h.reconciler.status();
-    assert.deepEqual(missing.ipv6, { ...EMPTY_FAMILY, hostIpv6: null, error: 'ip6tables-nft-save exited 127: ip6tables-nft-save: command not found' });
-    assert.deepEqual([missing.inSync, missing.drift], [true, []]);
+    const error = 'ip6tables-nft-save exited 127: ip6tables-nft-save: command not found';
+    assert.deepEqual(missing.ipv6, {
+      ...EMPTY_FAMILY,
+      backstop: { ...EMPTY_FAMILY.backstop, rulesWanted: [BACKSTOP6_CALI] },
+      drift: [`cannot read ip6tables: ${error}`],
+      hostIpv6: null,
+      error,
+    });
+    assert.deepEqual([missing.inSync, missing.drift], [true, []], 'a node without ip6tables is not drift when no IPv6 DNAT is wanted');
     h.runner.assertDone();
   });
 

@@ -10,6 +10,7 @@ import {
   compareBackstop,
   compareFamily,
   familyState,
+  managesDnat,
   METADATA_IPV6,
   parseSave,
   renderInstall,
@@ -193,7 +194,28 @@ describe('renderInstall', () => {
         '',
       ].join('\n'),
     );
-    assert.throws(() => renderInstall(assertValidRuleSpec(spec()), undefined, 'ipv6'), /ip6tables rules need hostIpv6/);
+  });
+
+  it('renders the IPv6 backstop alone without an IPv6 host address: the filter table only, the nat table untouched', () => {
+    const s = assertValidRuleSpec(spec({ hostInterfaces: ['cali+', '!eth0'] }));
+    assert.equal(
+      renderInstall(s, undefined, 'ipv6'),
+      [
+        '*filter',
+        ':KIAM-METADATA-BACKSTOP - [0:0]',
+        '-A KIAM-METADATA-BACKSTOP -i cali+ -d fd00:ec2::254/128 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset',
+        '-A KIAM-METADATA-BACKSTOP ! -i eth0 -d fd00:ec2::254/128 -p tcp -m comment --comment "kiam: fail closed" -j REJECT --reject-with tcp-reset',
+        '-I INPUT 1 -j KIAM-METADATA-BACKSTOP',
+        '-I FORWARD 1 -j KIAM-METADATA-BACKSTOP',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+    // Installed, with a DNAT left over from a run with an IPv6 host address: jumps kept, the nat table not written.
+    assert.deepEqual(renderInstall(s, familyState(V6_INSTALLED, s.chain), 'ipv6').split('\n').filter((l) => !l.startsWith('-A ')), ['*filter', ':KIAM-METADATA-BACKSTOP - [0:0]', 'COMMIT', '']);
+    assert.equal(managesDnat(s, 'ipv6'), false);
+    assert.equal(managesDnat(s, 'ipv4'), true);
+    assert.equal(managesDnat(assertValidRuleSpec(spec({ hostIpv6: '2001:db8::23' })), 'ipv6'), true);
   });
 
   it('renders several interfaces in order, negation as `! -i`, with a custom chain', () => {
@@ -287,6 +309,22 @@ describe('parsing and comparing iptables-save output', () => {
     // The IPv4 rules are not what ip6tables wants, and the other way round.
     assert.equal(compareFamily(s, familyState(ALL_INSTALLED, s.chain), 'ipv6').inSync, false);
     assert.equal(compareFamily(s, familyState(V6_INSTALLED, s.chain), 'ipv4').inSync, false);
+  });
+
+  it('without an IPv6 host address, compares the IPv6 backstop alone: a missing or leftover DNAT is not drift', () => {
+    const s = assertValidRuleSpec(spec({ hostInterfaces: ['cali+', '!eth0'] }));
+    const backstopOnly = V6_INSTALLED.slice(0, V6_INSTALLED.indexOf('*nat'));
+    const only = compareFamily(s, familyState(backstopOnly, s.chain), 'ipv6');
+    assert.deepEqual([only.inSync, only.drift, only.nat.inSync, only.nat.jumpPositions], [true, [], true, []]);
+    const leftover = compareFamily(s, familyState(V6_INSTALLED, s.chain), 'ipv6');
+    assert.deepEqual([leftover.inSync, leftover.drift, leftover.nat.jumpPositions, leftover.rulesAhead], [true, [], [1], []]);
+    const missing = compareFamily(s, familyState(V6_INSTALLED.replace('-A FORWARD -j KIAM-METADATA-BACKSTOP\n', ''), s.chain), 'ipv6');
+    assert.deepEqual([missing.inSync, missing.drift], [false, ['FORWARD does not jump to KIAM-METADATA-BACKSTOP']]);
+    assert.deepEqual(compareFamily(s, familyState('', s.chain), 'ipv6').drift, [
+      'chain KIAM-METADATA-BACKSTOP missing',
+      'INPUT does not jump to KIAM-METADATA-BACKSTOP',
+      'FORWARD does not jump to KIAM-METADATA-BACKSTOP',
+    ]);
   });
 
   it('compares IPv6 addresses in any spelling, with or without /128', () => {
