@@ -1,12 +1,31 @@
 /**
  * `kiam doctor`'s checks: each one a function over injected ports (command runner, HTTP, interface list,
- * Kubernetes GET, clock) that returns rows with a verdict and, for every verdict but OK, the fix in words.
- * None throws: whatever cannot be reached is a FAIL row.
+ * Kubernetes GET, node facts, clock) that returns rows with a verdict and, for every verdict but OK, the fix in
+ * words. None throws: whatever cannot be reached is a FAIL row.
  */
-import type { IptablesBackendChoice } from '../config.ts';
-import { detectBackend, netfilterBypassWarnings, type Backend } from '../netfilter/backend.ts';
+import { DEFAULTS, type InterceptMode, type IptablesBackendChoice } from '../config.ts';
+import { detectBackend, type Backend } from '../netfilter/backend.ts';
+import { readLive } from '../netfilter/ebpf/interceptor.ts';
+import { CONFIG_MAP, HOOKS, layout, plan, PROG_PREFIX, wantedConfig, type AttachedProg, type LiveState, type MountInfo, type Support } from '../netfilter/ebpf/plan.ts';
+import { DEFAULT_CGROUP_ROOT, resolveCgroupRoot } from '../netfilter/ebpf/support.ts';
 import { runChecked, type CommandRunner } from '../netfilter/exec.ts';
-import { chainState, compare, DEFAULT_CHAIN, desiredRules, formatArgs, METADATA_IP, parseSave, type RuleSpec } from '../netfilter/rules.ts';
+import {
+  backstopChain,
+  canonicalIpv6,
+  compare,
+  compareBackstop,
+  DEFAULT_CHAIN,
+  desiredBackstop,
+  desiredRules,
+  familyState,
+  formatArgs,
+  metadataAddress,
+  rulesAhead,
+  type IpFamily,
+  type JumpRule,
+  type ResolvedRuleSpec,
+  type RuleAhead,
+} from '../netfilter/rules.ts';
 import { DEBUG_STATE_PATH, type DebugIdentity, type DebugPod, type DebugState } from './state.ts';
 
 export type Status = 'ok' | 'warn' | 'fail';
@@ -40,6 +59,7 @@ export interface KubePort {
 
 const row = (id: string, title: string, status: Status, detail: string, fix?: string): CheckRow => (fix && status !== 'ok' ? { id, title, status, detail, fix } : { id, title, status, detail });
 const message = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+const worst = (statuses: readonly Status[]): Status => (statuses.includes('fail') ? 'fail' : statuses.includes('warn') ? 'warn' : 'ok');
 
 const CNI_HINT = 'Calico cali+, AWS VPC CNI eni+, flannel/bridge cni0, Weave weave, kindnet veth+, Cilium lxc+';
 const KNOWN_PREFIXES: Array<[string, string]> = [
@@ -51,7 +71,57 @@ const KNOWN_PREFIXES: Array<[string, string]> = [
   ['veth', 'veth+ (kindnet)'],
 ];
 
-// ---- 1. backend and eBPF bypass -------------------------------------------------------------------------
+// ---- 0. how the agent intercepts ------------------------------------------------------------------------
+
+/** The running agent's interception, from its /debug/state; `mode` is undefined when the agent is unknown. */
+export interface AgentInterception {
+  mode: InterceptMode | undefined;
+  hostIp?: string;
+  hostIpv6?: string;
+  port?: number;
+  /** The agent runs the eBPF redirect (mode ebpf, or auto on a node that supports it). */
+  ebpfActive: boolean;
+  /** Why auto runs without it. */
+  ebpfReason: string | null;
+  /** The agent has reported its eBPF state (it does once its interception is installed). */
+  ebpfReported: boolean;
+  reconcileIntervalMs?: number;
+}
+
+const MODES: readonly string[] = ['auto', 'ebpf', 'iptables', 'none'];
+
+export function agentInterception(agent: DebugState | undefined): AgentInterception {
+  if (!agent) return { mode: undefined, ebpfActive: false, ebpfReason: null, ebpfReported: false };
+  const c = agent.config;
+  // Agents older than --intercept report only whether they run the iptables rules.
+  const mode = (MODES.includes(c.intercept) ? c.intercept : c.iptables ? 'iptables' : 'none') as InterceptMode;
+  const ebpf = agent.ebpf ?? null;
+  return {
+    mode,
+    ...(c.hostIp ? { hostIp: c.hostIp } : {}),
+    ...(c.hostIpv6 ? { hostIpv6: c.hostIpv6 } : {}),
+    port: c.port,
+    ebpfActive: mode === 'ebpf' || (mode === 'auto' && ebpf?.active === true),
+    ebpfReason: ebpf?.reason ?? (mode === 'auto' && !ebpf ? 'the agent has not reported its eBPF state yet: is it still starting?' : null),
+    ebpfReported: ebpf !== null,
+    reconcileIntervalMs: c.reconcileIntervalMs,
+  };
+}
+
+/** Whether the agent runs the eBPF redirect: unknown without the agent, or while an auto agent has not said yet. */
+export function ebpfUse(ai: AgentInterception): 'used' | 'unused' | 'unknown' {
+  if (ai.mode === undefined || (ai.mode === 'auto' && !ai.ebpfReported)) return 'unknown';
+  return ai.ebpfActive ? 'used' : 'unused';
+}
+
+const usesIptables = (mode: InterceptMode | undefined): boolean => mode === undefined || mode === 'iptables' || mode === 'auto';
+
+function repairsWithin(ai: AgentInterception): string {
+  if (ai.mode === undefined) return 'the agent repairs it once it runs (see the agent row); ';
+  return ai.reconcileIntervalMs ? `the agent repairs it on its next reconcile (within its --reconcile-interval, ${Math.round(ai.reconcileIntervalMs / 1000)}s); ` : 'the agent repairs it on its next reconcile; ';
+}
+
+// ---- 1. backend and dataplane ---------------------------------------------------------------------------
 
 export interface BackendCheck {
   rows: CheckRow[];
@@ -77,6 +147,8 @@ export async function checkBackend(runner: CommandRunner, flag: IptablesBackendC
     }
     return { rows, backend };
   } catch (err) {
+    const mode = agentInterception(agent).mode;
+    if (!usesIptables(mode)) return { rows: [row('iptables.backend', 'iptables backend', 'ok', `not used (--intercept ${mode}): ${message(err)}`)] };
     return {
       rows: [
         row('iptables.backend', 'iptables backend', 'fail', message(err),
@@ -86,95 +158,242 @@ export async function checkBackend(runner: CommandRunner, flag: IptablesBackendC
   }
 }
 
-export function checkBypass(listInterfaces: () => string[]): CheckRow[] {
-  const warnings = netfilterBypassWarnings(listInterfaces);
-  if (warnings.length === 0) return [row('iptables.bypass', 'netfilter bypass', 'ok', 'no eBPF dataplane interface (cilium_host, bpfin.cali, bpfnatin) found')];
-  return warnings.map((w, i) =>
-    row(`iptables.bypass${i ? `-${i}` : ''}`, 'netfilter bypass', 'warn', w,
-      'check that pods really reach the agent: from a pod, `curl -s http://169.254.169.254/latest/meta-data/iam/security-credentials/` must answer with its role (or 404), never with the node role'),
-  );
+/** Which dataplane forwards pod traffic, as far as its interfaces tell. */
+export interface Dataplane {
+  /** ebpf: pod traffic may bypass netfilter (and the DNAT); unknown: the interfaces could not be listed. */
+  kind: 'netfilter' | 'ebpf' | 'unknown';
+  /** `Cilium eBPF`, `Calico eBPF`, `netfilter` or `unknown`. */
+  name: string;
+  /** What it was told by. */
+  evidence: string;
 }
 
-// ---- 2. chain and jump ----------------------------------------------------------------------------------
+/** The interfaces eBPF dataplanes create (the ones netfilterBypassWarnings in netfilter/backend.ts looks for). */
+const EBPF_DATAPLANES: Array<[string, string]> = [
+  ['cilium_host', 'Cilium eBPF'],
+  ['bpfin.cali', 'Calico eBPF'],
+  ['bpfnatin', 'Calico eBPF'],
+];
 
-/** What the agent would install, from its reported config; undefined when it runs without --iptables or is unknown. */
-export function agentRuleSpec(agent: DebugState | undefined): Required<RuleSpec> | undefined {
+export function detectDataplane(listInterfaces: () => string[]): Dataplane {
+  let names: Set<string>;
+  try {
+    names = new Set(listInterfaces());
+  } catch (err) {
+    return { kind: 'unknown', name: 'unknown', evidence: `cannot list the interfaces: ${message(err)}` };
+  }
+  const found = EBPF_DATAPLANES.filter(([iface]) => names.has(iface));
+  if (found.length === 0) return { kind: 'netfilter', name: 'netfilter', evidence: 'no cilium_host, bpfin.cali or bpfnatin interface' };
+  return { kind: 'ebpf', name: [...new Set(found.map(([, n]) => n))].join(' and '), evidence: `${found.map(([i]) => i).join(', ')} found` };
+}
+
+const USE_AUTO =
+  'run the agent with --intercept auto (the DaemonSet default): the eBPF socket redirect holds whatever the dataplane does, the iptables DNAT only where pod traffic passes through netfilter ' +
+  '(on Cilium only with bpf.hostLegacyRouting=true)';
+
+/** The dataplane, and whether the agent's mode holds on it (with the agent unknown: whether what is attached does). */
+export function dataplaneRow(dp: Dataplane, ai: AgentInterception, ebpfAttached: boolean): CheckRow {
+  const id = 'dataplane';
+  const title = 'dataplane';
+  const what = `${dp.name} (${dp.evidence})`;
+  if (dp.kind === 'unknown') {
+    return row(id, title, 'warn', `cannot tell: ${dp.evidence}`, 'doctor reads /sys/class/net: run it on the node, or inside the agent pod (host network)');
+  }
+  if (ai.mode === 'none') return row(id, title, 'ok', `${what}; the agent intercepts nothing itself (--intercept none): see the interception rows`);
+  if (dp.kind === 'netfilter') return row(id, title, 'ok', `${what}: ${ai.mode ? `--intercept ${ai.mode} holds` : 'the eBPF redirect and the iptables DNAT both hold'} on it`);
+  const bypass = `pod traffic may bypass netfilter and the metadata DNAT with it`;
+  if (ai.mode === undefined) {
+    return ebpfAttached
+      ? row(id, title, 'ok', `${what}: ${bypass}; the eBPF redirect of ours attached holds on it`)
+      : row(id, title, 'fail', `${what}: ${bypass}, and no eBPF redirect of ours is attached`, USE_AUTO);
+  }
+  if (ai.ebpfActive) return row(id, title, 'ok', `${what}: ${bypass}; --intercept ${ai.mode} runs the eBPF socket redirect, which holds on it`);
+  if (ai.mode === 'iptables') return row(id, title, 'fail', `${what}: ${bypass}, so --intercept iptables does not hold on it`, USE_AUTO);
+  return row(id, title, 'fail', `${what}: ${bypass}; --intercept auto fell back to iptables alone (${ai.ebpfReason ?? 'no eBPF support'}), which does not hold on it`,
+    'make the eBPF socket redirect possible on this node (see the eBPF kernel support rows), then restart the agent: auto picks it up at start');
+}
+
+// ---- 2. iptables: chain, jump, backstop, rules ahead ----------------------------------------------------
+
+/** What the agent would install, from its reported config; undefined when it runs without the iptables rules or is unknown. */
+export function agentRuleSpec(agent: DebugState | undefined): ResolvedRuleSpec | undefined {
   const c = agent?.config;
   if (!c || !c.iptables || !c.hostIp || c.hostInterfaces.length === 0) return undefined;
-  return { hostIp: c.hostIp, port: c.port, hostInterfaces: c.hostInterfaces, chain: agent?.rules?.chain ?? DEFAULT_CHAIN };
+  const spec: ResolvedRuleSpec = { hostIp: c.hostIp, port: c.port, hostInterfaces: c.hostInterfaces, chain: agent?.rules?.chain ?? DEFAULT_CHAIN };
+  if (c.hostIpv6) spec.hostIpv6 = canonicalIpv6(c.hostIpv6) ?? c.hostIpv6;
+  return spec;
 }
 
-/** Compare an `iptables-save -t nat` output with what the agent would install (or, without a spec, look for presence only). */
-export function inspectRules(saveOutput: string, spec: Required<RuleSpec> | undefined, reconcileIntervalMs?: number): CheckRow[] {
+/** One family's rules as doctor sees them. */
+export interface RulesInspection {
+  rows: CheckRow[];
+  /** The DNAT is in place: the nat chain holds rules, PREROUTING jumps to it, nothing ahead handles the metadata address. */
+  holds: boolean;
+  /** Anything of ours is there (a chain or a jump, nat or filter). */
+  present: boolean;
+  /** The backstop holds rules and INPUT and FORWARD jump to it: traffic the DNAT misses is rejected, not leaked. */
+  failsClosed: boolean;
+}
+
+function reinstallCommand(spec: ResolvedRuleSpec | undefined): string {
+  if (!spec) return 'kiam intercept install --intercept iptables --host-ip <node IP> --host-interface <pattern>';
+  return `kiam intercept install --intercept iptables --host-ip ${spec.hostIp}${spec.hostIpv6 ? ` --host-ipv6 ${spec.hostIpv6}` : ''} --port ${spec.port} ${spec.hostInterfaces.map((p) => `--host-interface '${p}'`).join(' ')}`;
+}
+
+/** The verdict on a hook chain's jumps to one of our chains. */
+function jumpVerdict(jumps: readonly JumpRule[], hook: string, chain: string): { status: Status; text: string } {
+  const mine = jumps.filter((j) => j.chain === hook);
+  if (mine.length === 0) return { status: 'fail', text: `${hook} does not jump to ${chain}` };
+  const odd = mine.find((j) => !j.plain);
+  if (odd) return { status: 'fail', text: `the jump to ${chain} was modified: -A ${hook} ${odd.spec}` };
+  if (mine.length > 1) return { status: 'warn', text: `${hook} jumps to ${chain} ${mine.length} times (positions ${mine.map((j) => j.position).join(', ')})` };
+  return { status: 'ok', text: `${hook} position ${mine[0]!.position} jumps to ${chain}` };
+}
+
+/**
+ * Compare one family's iptables-save output (every table: the DNAT is in nat, the backstop in filter) with what the
+ * agent would install, or, without a spec, look for presence only.
+ */
+export function inspectFamily(saveOutput: string, spec: ResolvedRuleSpec | undefined, family: IpFamily = 'ipv4', reconcileIntervalMs?: number): RulesInspection {
   const chain = spec?.chain ?? DEFAULT_CHAIN;
-  const live = chainState(saveOutput, chain);
+  const backstop = backstopChain(chain);
+  const live = familyState(saveOutput, chain);
+  const v6 = family === 'ipv6';
+  const prefix = v6 ? 'ip6tables' : 'iptables';
+  const tool = v6 ? 'ip6tables ' : '';
+  const address = metadataAddress(family);
   const repairs = reconcileIntervalMs ? `the agent repairs drift within its --reconcile-interval (${Math.round(reconcileIntervalMs / 1000)}s); ` : '';
-  const reinstall = spec
-    ? `kiam iptables install --host-ip ${spec.hostIp} --port ${spec.port} ${spec.hostInterfaces.map((p) => `--host-interface '${p}'`).join(' ')}`
-    : 'kiam iptables install --host-ip <node IP> --host-interface <pattern>';
-  const persist = `${repairs}if it stays wrong, look for "interception rules" errors in the agent's log, or reinstall once with \`${reinstall}\``;
+  const persist = `${repairs}if it stays wrong, look for "interception rules" errors in the agent's log, or reinstall once with \`${reinstallCommand(spec)}\``;
   const rows: CheckRow[] = [];
 
-  // The chain.
-  if (!live.chainPresent) {
-    rows.push(row('iptables.chain', `chain ${chain}`, 'fail', `nat chain ${chain} is missing: pods reach the real metadata service (the node's role) or nothing`, persist));
+  // The nat chain.
+  if (!live.nat.chainPresent) {
+    rows.push(row(`${prefix}.chain`, `${tool}chain ${chain}`, 'fail', `nat chain ${chain} is missing: pods reach the real metadata service (the node's role) or nothing`, persist));
   } else if (spec) {
-    const wanted = desiredRules(spec).map((a) => `-A ${chain} ${formatArgs(a)}`);
-    const { drift } = compare(spec, { ...live, jumps: [] });
-    const chainDrift = drift.filter((d) => !d.startsWith('PREROUTING'));
-    if (chainDrift.length === 0) rows.push(row('iptables.chain', `chain ${chain}`, 'ok', `${live.rules.length} DNAT rule(s) to ${spec.hostIp}:${spec.port} for ${spec.hostInterfaces.join(', ')}`));
-    else rows.push(row('iptables.chain', `chain ${chain}`, 'fail', `${chainDrift.join('; ')}; found: ${live.rules.join(' | ') || 'nothing'}; wanted: ${wanted.join(' | ')}`, persist));
+    const wanted = desiredRules(spec, family).map((a) => `-A ${chain} ${formatArgs(a)}`);
+    const chainDrift = compare(spec, { ...live.nat, jumps: [], hookRules: [] }, family).drift.filter((d) => d.startsWith('chain '));
+    const target = v6 ? `[${spec.hostIpv6}]:${spec.port}` : `${spec.hostIp}:${spec.port}`;
+    if (chainDrift.length === 0) rows.push(row(`${prefix}.chain`, `${tool}chain ${chain}`, 'ok', `${live.nat.rules.length} DNAT rule(s) to ${target} for ${spec.hostInterfaces.join(', ')}`));
+    else rows.push(row(`${prefix}.chain`, `${tool}chain ${chain}`, 'fail', `${chainDrift.join('; ')}; found: ${live.nat.rules.join(' | ') || 'nothing'}; wanted: ${wanted.join(' | ')}`, persist));
   } else {
-    rows.push(row('iptables.chain', `chain ${chain}`, live.rules.length > 0 ? 'ok' : 'fail', `present with ${live.rules.length} rule(s) (not compared: the agent's settings are unknown)`, persist));
+    rows.push(row(`${prefix}.chain`, `${tool}chain ${chain}`, live.nat.rules.length > 0 ? 'ok' : 'fail', `present with ${live.nat.rules.length} rule(s) (not compared: the agent's settings are unknown)`, persist));
   }
 
-  // The jump.
-  const jumps = live.jumps.filter((j) => j.chain === 'PREROUTING');
-  if (jumps.length === 0) {
-    rows.push(row('iptables.jump', 'PREROUTING jump', 'fail', `PREROUTING does not jump to ${chain}: metadata traffic is not intercepted`, persist));
-  } else if (jumps.some((j) => !j.plain)) {
-    const odd = jumps.find((j) => !j.plain)!;
-    rows.push(row('iptables.jump', 'PREROUTING jump', 'fail', `the jump to ${chain} was modified: -A PREROUTING ${odd.spec}`, persist));
-  } else if (jumps.length > 1) {
-    rows.push(row('iptables.jump', 'PREROUTING jump', 'warn', `PREROUTING jumps to ${chain} ${jumps.length} times (positions ${jumps.map((j) => j.position).join(', ')})`, persist));
+  // The PREROUTING jump.
+  const jump = jumpVerdict(live.nat.jumps, 'PREROUTING', chain);
+  const jumpText = jump.status === 'fail' && jump.text.startsWith('PREROUTING') ? `${jump.text}: metadata traffic is not intercepted` : jump.text;
+  rows.push(row(`${prefix}.jump`, `${tool}PREROUTING jump`, jump.status, jumpText, persist));
+
+  // The filter backstop: rejects metadata traffic from the pod interfaces that escaped the DNAT.
+  const bs = live.backstop;
+  if (!bs.chainPresent) {
+    rows.push(row(`${prefix}.backstop`, `${tool}backstop chain`, 'fail',
+      `filter chain ${backstop} is missing: should the DNAT go (a flushed nat table), pods would reach the real metadata service instead of failing closed`, persist));
   } else {
-    rows.push(row('iptables.jump', 'PREROUTING jump', 'ok', `PREROUTING position ${jumps[0]!.position} jumps to ${chain}`));
+    const parts: Array<{ status: Status; text: string }> = [];
+    if (spec) {
+      const drift = compareBackstop(spec, { ...bs, jumps: [], hookRules: [] }, family).drift.filter((d) => d.startsWith('chain '));
+      if (drift.length > 0) parts.push({ status: 'fail', text: `${drift.join('; ')}; found: ${bs.rules.join(' | ') || 'nothing'}; wanted: ${desiredBackstop(spec, family).map((a) => `-A ${backstop} ${formatArgs(a)}`).join(' | ')}` });
+      else parts.push({ status: 'ok', text: `${bs.rules.length} REJECT rule(s) for ${spec.hostInterfaces.join(', ')}` });
+    } else {
+      parts.push({ status: bs.rules.length > 0 ? 'ok' : 'fail', text: `present with ${bs.rules.length} rule(s) (not compared: the agent's settings are unknown)` });
+    }
+    for (const hook of ['INPUT', 'FORWARD']) parts.push(jumpVerdict(bs.jumps, hook, backstop));
+    rows.push(row(`${prefix}.backstop`, `${tool}backstop chain`, worst(parts.map((p) => p.status)), parts.map((p) => p.text).join('; '), persist));
   }
 
-  // Another interceptor ahead of ours (kube2iam, an older kiam) takes the traffic first.
-  const first = jumps[0]?.position ?? Infinity;
-  const prerouting = parseSave(saveOutput).get('nat')?.rules.filter((r) => r.chain === 'PREROUTING') ?? [];
-  const ahead = prerouting
-    .map((r, i) => ({ position: i + 1, spec: r.spec }))
-    .filter((r) => r.position < first && r.spec.includes(METADATA_IP));
-  if (ahead.length > 0) {
+  // Rules ahead of our jumps: those handling the metadata address take its traffic first (kube2iam, an older kiam).
+  const ahead: RuleAhead[] = [...rulesAhead(live.nat, address), ...rulesAhead(bs, address)];
+  const listed = (rules: RuleAhead[]) => rules.map((r) => `${r.chain} #${r.position}: ${r.spec}`).join(' | ');
+  const shadowing = ahead.filter((r) => r.shadows);
+  const others = ahead.filter((r) => !r.shadows);
+  if (shadowing.length > 0) {
     rows.push(
-      row('iptables.competing', 'other interceptor', 'warn',
-        `PREROUTING rule(s) ahead of ${chain} handle ${METADATA_IP}: ${ahead.map((r) => `#${r.position} ${r.spec}`).join(' | ')}`,
-        'another metadata proxy (kube2iam, an older kiam) still intercepts first: uninstall it and delete its rule (iptables -t nat -D PREROUTING <its rule>)'),
+      row(`${prefix}.competing`, `${tool}other interceptor`, 'fail', `rule(s) ahead of our jump handle ${address} and take that traffic first: ${listed(shadowing)}`,
+        `another metadata proxy (kube2iam, an older kiam) still intercepts first: uninstall it and delete its rule (${v6 ? 'ip6tables' : 'iptables'} -t nat -D PREROUTING <its rule>, -t filter for INPUT and FORWARD); ` +
+          'the agent moves its jumps back to position 1 on its next reconcile, until the other proxy inserts its own again'),
     );
   }
-  return rows;
+  if (others.length > 0) {
+    rows.push(
+      // OK, not WARN: Calico and kube-proxy put their own jumps first on every healthy node, and the agent leaves them.
+      row(`${prefix}.ahead`, `${tool}rules ahead of ours`, 'ok', `rule(s) ahead of our jump, none naming ${address} (left in place): ${listed(others)}`),
+    );
+  }
+
+  const natShadowed = shadowing.some((r) => r.chain === 'PREROUTING');
+  const anyJump = (jumps: readonly JumpRule[]) => jumps.length > 0;
+  return {
+    rows,
+    holds: live.nat.chainPresent && live.nat.rules.length > 0 && live.nat.jumps.some((j) => j.chain === 'PREROUTING') && !natShadowed,
+    present: live.nat.chainPresent || anyJump(live.nat.jumps) || bs.chainPresent || anyJump(bs.jumps),
+    failsClosed: bs.chainPresent && bs.rules.length > 0 && ['INPUT', 'FORWARD'].every((hook) => bs.jumps.some((j) => j.chain === hook)),
+  };
 }
 
-export async function checkRules(runner: CommandRunner, backend: Backend | undefined, agent: DebugState | undefined): Promise<CheckRow[]> {
-  if (!backend) return [row('iptables.rules', 'interception rules', 'fail', 'not checked: no iptables backend', 'see the iptables backend row')];
-  const notManaged = agent && !agent.config.iptables;
+/** The rows of inspectFamily (IPv4 by default). */
+export function inspectRules(saveOutput: string, spec: ResolvedRuleSpec | undefined, reconcileIntervalMs?: number, family: IpFamily = 'ipv4'): CheckRow[] {
+  return inspectFamily(saveOutput, spec, family, reconcileIntervalMs).rows;
+}
+
+export interface IptablesCheck {
+  rows: CheckRow[];
+  /** undefined: not read. */
+  ipv4?: RulesInspection;
+  ipv6?: RulesInspection;
+}
+
+const SAVE_TIMEOUT_MS = 15_000;
+
+/**
+ * Read and inspect the rules: iptables always, ip6tables when the agent has an IPv6 host address (or is unknown).
+ * With a mode that does not use the rules, only their presence is reported.
+ */
+export async function checkIptables(runner: CommandRunner, backend: Backend | undefined, agent: DebugState | undefined): Promise<IptablesCheck> {
+  const ai = agentInterception(agent);
+  const used = usesIptables(ai.mode);
+  if (!backend) return { rows: used ? [row('iptables.rules', 'interception rules', 'fail', 'not checked: no iptables backend', 'see the iptables backend row')] : [] };
   let save: string;
   try {
-    save = (await runChecked(runner, [backend.save, '-t', 'nat'], { timeoutMs: 15_000 })).stdout;
+    save = (await runChecked(runner, [backend.save], { timeoutMs: SAVE_TIMEOUT_MS })).stdout;
   } catch (err) {
-    return [row('iptables.rules', 'interception rules', 'fail', `cannot read the nat table: ${message(err)}`, 'run doctor as root on the node, or inside the agent pod')];
+    return {
+      rows: [
+        used
+          ? row('iptables.rules', 'interception rules', 'fail', `cannot read the iptables rules: ${message(err)}`, 'run doctor as root on the node, or inside the agent pod')
+          : row('iptables.rules', 'interception rules', 'ok', `not used (--intercept ${ai.mode}); cannot read them: ${message(err)}`),
+      ],
+    };
   }
-  if (notManaged) {
-    const live = chainState(save, agent.rules?.chain ?? DEFAULT_CHAIN);
-    const present = live.chainPresent && live.jumps.some((j) => j.chain === 'PREROUTING');
-    return [
-      row('iptables.rules', 'interception rules', 'warn', `the agent runs without --iptables; its chain is ${present ? 'present (installed by something else)' : 'absent'}`,
-        'without --iptables nothing sends pod metadata traffic to the agent: start it with --iptables --host-ip $HOST_IP --host-interface <pattern>, or install the rules with `kiam iptables install`'),
-    ];
+  if (!used) {
+    const ipv4 = inspectFamily(save, undefined, 'ipv4');
+    const where = ipv4.present ? 'present (installed by kiam init, kiam intercept install or an earlier mode)' : 'absent';
+    return { rows: [row('iptables.rules', 'interception rules', 'ok', `not used (--intercept ${ai.mode}); our chains are ${where}`)], ipv4 };
   }
-  return inspectRules(save, agentRuleSpec(agent), agent?.config.reconcileIntervalMs);
+  const spec = agentRuleSpec(agent);
+  const ipv4 = inspectFamily(save, spec, 'ipv4', ai.reconcileIntervalMs);
+  const result: IptablesCheck = { rows: [...ipv4.rows], ipv4 };
+  if (!spec?.hostIpv6 && agent) return result;
+  const saved6 = await runner.run([backend.save6], { timeoutMs: SAVE_TIMEOUT_MS });
+  if (saved6.code !== 0) {
+    if (spec?.hostIpv6) {
+      result.rows.push(
+        row('ip6tables.rules', 'ip6tables rules', 'fail', `cannot read the ip6tables rules: ${backend.save6} exited ${saved6.code}: ${saved6.stderr.trim().split('\n')[0] || 'no output'}`,
+          `the agent intercepts fd00:ec2::254 with ip6tables since it runs with --host-ipv6: install ip6tables (the ${backend.name} backend) and run doctor as root on the node or inside the agent pod`),
+      );
+    }
+    return result;
+  }
+  const ipv6 = inspectFamily(saved6.stdout, spec, 'ipv6', ai.reconcileIntervalMs);
+  result.ipv6 = ipv6;
+  // Without the agent, IPv6 rows only when something of ours is there.
+  if (spec?.hostIpv6 || ipv6.present) result.rows.push(...ipv6.rows);
+  return result;
+}
+
+/** The rows of checkIptables. */
+export async function checkRules(runner: CommandRunner, backend: Backend | undefined, agent: DebugState | undefined): Promise<CheckRow[]> {
+  return (await checkIptables(runner, backend, agent)).rows;
 }
 
 // ---- 3. host interfaces ---------------------------------------------------------------------------------
@@ -229,7 +448,271 @@ export function checkInterfaces(patterns: readonly string[] | undefined, names: 
   });
 }
 
-// ---- 4. metadata endpoint ---------------------------------------------------------------------------------
+// ---- 4. eBPF: kernel support, what is attached to the cgroup, the config map -----------------------------
+
+/** Where doctor reads the eBPF programs and pins. */
+export interface EbpfPaths {
+  cgroupRoot: string;
+  bpffs: string;
+  /** Where they come from, for the report. */
+  source: string;
+}
+
+/** --cgroup-root and --bpffs when given, else the running agent's, else the agent's defaults. */
+export function ebpfPaths(flags: { cgroupRoot?: string; bpffs?: string }, agent: DebugState | undefined, mounts: () => MountInfo[]): EbpfPaths {
+  const fromAgent = agent?.ebpf ?? undefined;
+  let cgroupRoot = flags.cgroupRoot ?? fromAgent?.cgroupRoot;
+  if (cgroupRoot === undefined) {
+    try {
+      cgroupRoot = resolveCgroupRoot(agent?.config.cgroupRoot ?? undefined, mounts());
+    } catch {
+      cgroupRoot = agent?.config.cgroupRoot ?? DEFAULT_CGROUP_ROOT;
+    }
+  }
+  const bpffs = flags.bpffs ?? fromAgent?.bpffs ?? agent?.config.bpffs ?? DEFAULTS.bpffs;
+  const given = [flags.cgroupRoot !== undefined ? '--cgroup-root' : '', flags.bpffs !== undefined ? '--bpffs' : ''].filter(Boolean);
+  const source = given.length > 0 ? `from ${given.join(' and ')}` : fromAgent ? 'as the agent runs' : agent ? "the agent's defaults" : 'the defaults';
+  return { cgroupRoot, bpffs, source };
+}
+
+/** How much the node needs the eBPF redirect: required → FAIL when it cannot run, fallback/unknown → WARN, unused → OK. */
+export interface EbpfNeed {
+  level: 'required' | 'fallback' | 'unknown' | 'unused';
+  why: string;
+}
+
+export function ebpfNeed(ai: AgentInterception, dp: Dataplane): EbpfNeed {
+  if (ai.mode === 'ebpf') return { level: 'required', why: '--intercept ebpf needs it' };
+  if (dp.kind === 'ebpf' && ai.mode !== 'none') return { level: 'required', why: `only the eBPF redirect holds on ${dp.name}` };
+  if (ai.mode === 'auto') return { level: 'fallback', why: '--intercept auto falls back to iptables alone' };
+  if (ai.mode === undefined) return { level: 'unknown', why: "the agent's mode is unknown" };
+  return { level: 'unused', why: `--intercept ${ai.mode} does not use it` };
+}
+
+const NO_FIX_SUPPORT =
+  "the eBPF socket redirect needs Linux 5.8 or later built with CONFIG_CGROUP_BPF: upgrade the node's kernel; until then use --intercept iptables on a netfilter dataplane, " +
+  "or Cilium's LocalRedirectPolicy (the cilium-lrp overlay)";
+
+/** checkSupport's verdict as rows: one per missing piece, each with its fix. */
+export function supportRows(support: Support, need: EbpfNeed, paths: EbpfPaths): CheckRow[] {
+  const title = 'eBPF kernel support';
+  if (support.ok) {
+    return [row('ebpf.support', title, 'ok', `kernel ${support.kernel}: cgroup sock_addr programs, netns and socket cookies, getpeername hooks; cgroup2 at ${paths.cgroupRoot}, bpffs at ${paths.bpffs}`)];
+  }
+  const status: Status = need.level === 'required' ? 'fail' : need.level === 'unused' ? 'ok' : 'warn';
+  return support.missing.map((missing, i) => {
+    // checkSupport words each entry as "what is missing; how to fix it" (the kernel's own gaps carry no fix).
+    const cut = missing.indexOf('; ');
+    const problem = cut < 0 ? missing : missing.slice(0, cut);
+    const fix = cut < 0 ? NO_FIX_SUPPORT : missing.slice(cut + 2);
+    return row(i === 0 ? 'ebpf.support' : `ebpf.support-${i}`, title, status, `${problem} (${need.level === 'unused' ? 'not needed: ' : ''}${need.why})`, fix);
+  });
+}
+
+export interface EbpfContext {
+  paths: EbpfPaths;
+  /** used: the agent runs the redirect; unused: its mode does not; unknown: the agent could not be read. */
+  use: 'used' | 'unused' | 'unknown';
+  ai: AgentInterception;
+}
+
+/** What is attached and configured, as doctor sees it. */
+export interface EbpfInspection {
+  rows: CheckRow[];
+  /** A program of ours on connect4, with interception on in the map. */
+  ipv4: boolean;
+  /** Where connect6 sends fd00:ec2::254: the host's IPv6 address, the v4-mapped host IP, or nowhere (not attached). */
+  ipv6: 'host' | 'mapped' | null;
+  /** Any program of ours is attached to the cgroup. */
+  attached: boolean;
+}
+
+function ownerOf(prog: AttachedProg): string {
+  if (prog.name.startsWith('cil_')) return "Cilium's";
+  if (prog.name.startsWith('calico') || prog.name.startsWith('cali_')) return "Calico's";
+  return 'foreign';
+}
+
+const describeProg = (p: AttachedProg): string => `${p.name || '(no name)'} id ${p.id}${p.flags ? ` (${p.flags})` : ''}`;
+
+function installCommand(ctx: EbpfContext): string {
+  const { ai, paths } = ctx;
+  const v6 = ai.hostIpv6 ? ` --host-ipv6 ${ai.hostIpv6}` : '';
+  return `kiam intercept install --intercept ebpf --host-ip ${ai.hostIp ?? '<node IP>'}${v6} --port ${ai.port ?? Number(DEFAULTS.port)} --cgroup-root ${paths.cgroupRoot} --bpffs ${paths.bpffs}`;
+}
+
+/** The verdict on the live eBPF state (readLive's), or on the error that kept it from being read. */
+export function inspectEbpf(live: LiveState | Error, ctx: EbpfContext): EbpfInspection {
+  const { paths, use, ai } = ctx;
+  const pins = layout(paths.bpffs).dir;
+  const repair = `${repairsWithin(ai)}if it persists, reinstall once with \`${installCommand(ctx)}\``;
+  const none: EbpfInspection = { rows: [], ipv4: false, ipv6: null, attached: false };
+  const cgroupTitle = 'eBPF cgroup';
+
+  if (live instanceof Error) {
+    const detail = `cannot read the programs attached to ${paths.cgroupRoot} (${paths.source}): ${live.message}`;
+    const fix =
+      `doctor reads them with bpftool as root (CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN): run it on the node or inside the agent pod; ${paths.cgroupRoot} must be the cgroup v2 directory ` +
+      'the programs are attached to (see the eBPF kernel support row; pass doctor --cgroup-root to read another)';
+    if (use === 'unused') return { ...none, rows: [row('ebpf.cgroup', cgroupTitle, 'ok', `not used (--intercept ${ai.mode}); ${detail}`)] };
+    return { ...none, rows: [row('ebpf.cgroup', cgroupTitle, use === 'used' ? 'fail' : 'warn', detail, fix)] };
+  }
+
+  const ours = live.attached.filter((a) => a.name.startsWith(PROG_PREFIX));
+  const foreign = live.attached.filter((a) => !a.name.startsWith(PROG_PREFIX));
+  const foreignText = foreign.length > 0 ? `; not ours: ${foreign.map((p) => `${p.hook} ${describeProg(p)} (${ownerOf(p)})`).join(', ')}` : '';
+  const config = live.config;
+  const on = config === null || config.hostIp4 !== null;
+  const result: EbpfInspection = {
+    rows: [],
+    // A pinned map that cannot be read says nothing of the map the attached programs use: count them as intercepting.
+    ipv4: on && ours.some((a) => a.hook === 'connect4'),
+    ipv6: on && ours.some((a) => a.hook === 'connect6') ? (config?.hostIp6 ? 'host' : 'mapped') : null,
+    attached: ours.length > 0,
+  };
+
+  if (ours.length === 0 && use !== 'used') {
+    result.rows.push(
+      use === 'unused'
+        ? row('ebpf.cgroup', cgroupTitle, 'ok', `not used (--intercept ${ai.mode}); nothing of ours attached to ${paths.cgroupRoot}${foreignText}`)
+        : row('ebpf.cgroup', cgroupTitle, 'warn', `no program of ours attached to ${paths.cgroupRoot} (${paths.source})${foreignText}`,
+            'an agent running with --intercept auto or ebpf attaches them when it starts (see the agent row); without them this node relies on the iptables rules alone'),
+    );
+    return result;
+  }
+  if (use === 'unused') {
+    result.rows.push(
+      row('ebpf.cgroup', cgroupTitle, 'warn',
+        `programs of ours are attached to ${paths.cgroupRoot} although the agent runs --intercept ${ai.mode}: ${ours.map((p) => `${p.hook} ${describeProg(p)}`).join(', ')}${foreignText}; ` +
+          'they keep redirecting with their last configuration, which nothing keeps up to date',
+        `remove them with \`kiam intercept remove --intercept ebpf --cgroup-root ${paths.cgroupRoot} --bpffs ${paths.bpffs}\`, or run the agent with --intercept auto so that it manages them`),
+    );
+    return result;
+  }
+
+  result.rows.push(row('ebpf.cgroup', cgroupTitle, 'ok', `cgroup ${paths.cgroupRoot}: ${ours.length} program(s) of ours, ${foreign.length} not ours; pins under ${pins} (${paths.source})`));
+
+  // Each hook: our program (the pinned one), duplicates, programs of others beside it.
+  for (const h of HOOKS) {
+    const mine = ours.filter((a) => a.hook === h.hook);
+    const others = foreign.filter((a) => a.hook === h.hook);
+    const besides = others.length > 0 ? `; beside it: ${others.map((p) => `${describeProg(p)} (${ownerOf(p)})`).join(', ')}` : '';
+    const pinnedId = live.pinned[h.hook]?.id;
+    const id = `ebpf.${h.hook}`;
+    const title = `eBPF ${h.hook}`;
+    if (mine.length === 0) {
+      const pinned = pinnedId !== undefined ? ` (${h.prog} id ${pinnedId} is pinned but not attached)` : '';
+      const what = h.hook.startsWith('connect')
+        ? `${h.hook === 'connect4' ? '169.254.169.254' : 'fd00:ec2::254 and ::ffff:169.254.169.254'} is not redirected in pods`
+        : 'redirected pods see the agent\'s address as their peer';
+      result.rows.push(row(id, title, 'fail', `no program of ours on ${h.hook} of ${paths.cgroupRoot}${pinned}: ${what}${besides}`, repair));
+    } else if (mine.length > 1) {
+      result.rows.push(
+        row(id, title, 'warn', `${mine.length} programs of ours on ${h.hook}: ${mine.map(describeProg).join(', ')}${pinnedId !== undefined ? ` (the pinned one is id ${pinnedId})` : ''}${besides}`,
+          `a duplicate from an earlier load: ${repair.replace('repairs it', 'detaches the ones that are not pinned')}`),
+      );
+    } else if (pinnedId !== undefined && mine[0]!.id !== pinnedId) {
+      result.rows.push(row(id, title, 'warn', `${describeProg(mine[0]!)} is attached, but the pinned ${h.prog} is id ${pinnedId}: an older load${besides}`, repair));
+    } else {
+      result.rows.push(row(id, title, 'ok', `${describeProg(mine[0]!)} on ${paths.cgroupRoot}${besides}`));
+    }
+  }
+
+  // The config map: the agent's addresses, and the node's network namespace learned.
+  const configTitle = 'eBPF config map';
+  if (!config) {
+    result.rows.push(row('ebpf.config', configTitle, 'fail', `cannot read ${CONFIG_MAP} under ${pins}: ${live.error ?? 'not pinned'}`, repair));
+    return result;
+  }
+  const problems: string[] = [];
+  if (config.hostIp4 === null) problems.push('interception is off (host IP 0): connects to the metadata service pass untouched');
+  if (ai.hostIp) {
+    const want = wantedConfig({ hostIp: ai.hostIp, ...(ai.hostIpv6 ? { hostIpv6: ai.hostIpv6 } : {}), port: ai.port ?? Number(DEFAULTS.port), cgroupRoot: paths.cgroupRoot, bpffs: paths.bpffs }, config.hostNetnsCookie);
+    if (config.hostIp4 !== null && config.hostIp4 !== want.hostIp4) problems.push(`host IP ${config.hostIp4}, the agent's is ${want.hostIp4}`);
+    if (config.port !== want.port) problems.push(`port ${config.port}, the agent's is ${want.port}`);
+    if (config.hostIp6 !== want.hostIp6) problems.push(`host IPv6 ${config.hostIp6 ?? 'none'}, the agent's is ${want.hostIp6 ?? 'none'}`);
+    const p = plan(live, want);
+    if (p.load) problems.push(...p.drift);
+  }
+  const v6 = config.hostIp6 ? `[${config.hostIp6}]:${config.port}` : `[::ffff:${config.hostIp4 ?? '0.0.0.0'}]:${config.port} (v4-mapped)`;
+  const s = live.stats;
+  const stats = s ? `; redirected ${s.redirect4} IPv4, ${s.redirect6} IPv6, ${s.redirect6Mapped} v4-mapped, ${s.hostSkipped} node socket(s) skipped` : '';
+  const sends = `169.254.169.254 → ${config.hostIp4 ?? 'nowhere'}:${config.port}, fd00:ec2::254 → ${v6}, node netns cookie ${config.hostNetnsCookie}`;
+  if (problems.length > 0) {
+    result.rows.push(row('ebpf.config', configTitle, 'fail', `${CONFIG_MAP} differs from the agent's: ${problems.join('; ')} (map: ${sends})`, repair));
+  } else if (config.hostNetnsCookie === 0n) {
+    result.rows.push(
+      row('ebpf.config', configTitle, 'warn', `${sends}: the node's network namespace cookie was not learned (0: the node is taken to be the initial network namespace)${stats}`,
+        "harmless on a node that is the initial network namespace; on a nested node (kind) the node's own sockets (the agent's pass-through, hostNetwork pods) get redirected too: " +
+          `the agent learns the cookie at start with a probe connect, which its programs see only when it runs inside ${paths.cgroupRoot}; look for "could not learn this network namespace's cookie" in its log, then restart it`),
+    );
+  } else {
+    result.rows.push(row('ebpf.config', configTitle, 'ok', `${sends}${stats}`));
+  }
+  return result;
+}
+
+export async function checkEbpf(runner: CommandRunner, ctx: EbpfContext): Promise<EbpfInspection> {
+  let live: LiveState | Error;
+  try {
+    live = await readLive(runner, ctx.paths);
+  } catch (err) {
+    live = err instanceof Error ? err : new Error(String(err));
+  }
+  return inspectEbpf(live, ctx);
+}
+
+// ---- 5. the interception per family ---------------------------------------------------------------------
+
+/**
+ * One row per family: what intercepts it (the eBPF redirect, the iptables DNAT), and FAIL when a family the node
+ * uses is not intercepted in a way that holds on its dataplane. The node uses IPv6 when the agent has --host-ipv6.
+ */
+export function interceptionRows(ai: AgentInterception, dp: Dataplane, ebpf: EbpfInspection | undefined, rules: IptablesCheck | undefined): CheckRow[] {
+  const bypassed = dp.kind === 'ebpf';
+  const chain = DEFAULT_CHAIN;
+  const ebpfExpected = ai.ebpfActive;
+  const noneFix =
+    "without interception pods reach the real metadata service and get the node's role, unless something else sends their traffic to the agent " +
+    '(a CiliumLocalRedirectPolicy: the cilium-lrp overlay); otherwise run the agent with --intercept auto';
+  const failFix = (family: IpFamily): string => {
+    if (bypassed && !ai.ebpfActive && (ai.mode === 'iptables' || ai.mode === undefined)) return USE_AUTO;
+    if (bypassed && ai.mode === 'auto' && !ai.ebpfActive) {
+      return `--intercept auto could not run the eBPF redirect here (${ai.ebpfReason ?? 'see the eBPF kernel support rows'}): fix what the eBPF kernel support rows say and restart the agent; on ${dp.name} iptables alone does not hold`;
+    }
+    if (ebpfExpected) return `see the eBPF rows: ${repairsWithin(ai)}if it persists, run \`kiam intercept install\` with the agent's flags`;
+    return `see the ${family === 'ipv6' ? 'ip6tables' : 'iptables'} chain and jump rows: ${repairsWithin(ai)}if it persists, run \`kiam intercept install\` with the agent's flags`;
+  };
+
+  const families: Array<{ family: IpFamily; used: boolean | undefined; ebpf: string | null; rules: RulesInspection | undefined }> = [
+    { family: 'ipv4', used: true, ebpf: ebpf?.ipv4 ? 'eBPF socket redirect (connect4)' : null, rules: rules?.ipv4 },
+    {
+      family: 'ipv6',
+      used: ai.mode === undefined ? undefined : ai.hostIpv6 !== undefined,
+      ebpf: ebpf?.ipv6 === 'host' ? "eBPF redirect to the node's IPv6 address (connect6)" : ebpf?.ipv6 === 'mapped' ? 'eBPF redirect to the v4-mapped host IP (connect6; IPv6-only sockets fail closed)' : null,
+      rules: rules?.ipv6,
+    },
+  ];
+  return families.map(({ family, used, ebpf: viaEbpf, rules: r }) => {
+    const id = `intercept.${family}`;
+    const title = family === 'ipv6' ? 'IPv6 interception' : 'IPv4 interception';
+    const tool = family === 'ipv6' ? 'ip6tables' : 'iptables';
+    const closed = r?.failsClosed && !bypassed ? " (the backstop rejects pods' metadata traffic: they fail closed)" : '';
+    const viaRules = r?.holds ? `${tool} DNAT (${chain})${bypassed ? `, which ${dp.name} bypasses` : ''}` : r?.present ? `${tool} rules of ours, incomplete${closed}` : null;
+    const holds = viaEbpf !== null || (r?.holds === true && !bypassed);
+    const what = [viaEbpf, viaRules].filter(Boolean).join(' + ');
+    if (used === false) return row(id, title, 'ok', `not used by the node (the agent has no --host-ipv6)${what ? `; ${what}` : ''}`);
+    if (holds) return row(id, title, 'ok', what);
+    if (ai.mode === 'none') return row(id, title, 'warn', `not intercepted: the agent runs with --intercept none${what ? ` (found: ${what})` : ''}`, noneFix);
+    if (used === undefined) {
+      return row(id, title, 'warn', `no IPv6 interception found${what ? ` (found: ${what})` : ''}; whether the node uses IPv6 is unknown (the agent could not be read)`,
+        'see the agent row; a node whose pods have IPv6 needs the agent to run with --host-ipv6, or --intercept auto (the eBPF redirect covers fd00:ec2::254)');
+    }
+    return row(id, title, 'fail', `not intercepted in a way that holds${bypassed ? ` on ${dp.name}` : ''}: ${what || 'neither the eBPF redirect nor the DNAT is in place'}`, failFix(family));
+  });
+}
+
+// ---- 6. metadata endpoint ---------------------------------------------------------------------------------
 
 export async function checkMetadata(http: HttpPort, endpoint: string, timeoutMs: number): Promise<CheckRow[]> {
   const id = 'metadata';
@@ -260,7 +743,7 @@ export async function checkMetadata(http: HttpPort, endpoint: string, timeoutMs:
   }
 }
 
-// ---- 5. API server --------------------------------------------------------------------------------------
+// ---- 7. API server --------------------------------------------------------------------------------------
 
 /**
  * GET /version, then a one-item list of this node's pods (what the agent's watch needs). A kubeconfig that
@@ -300,7 +783,7 @@ export async function checkApiServer(kube: () => KubePort, nodeName: string | un
   }
 }
 
-// ---- 6. what the running agent sees --------------------------------------------------------------------
+// ---- 8. what the running agent sees --------------------------------------------------------------------
 
 export interface AgentFetch {
   rows: CheckRow[];
@@ -331,7 +814,7 @@ export async function fetchAgentState(http: HttpPort, metricsPort: number, timeo
 const READINESS_FIX: Record<string, string> = {
   watch: 'the pod and namespace watches have not synced: see the API server row, and the agent\'s RBAC (get/list/watch pods and namespaces)',
   serving: 'the metadata server is not listening: the agent is still starting or shutting down (see its log)',
-  rules: 'the interception rules are not in place: see the chain and jump rows and the agent\'s log',
+  rules: 'the interception is not in place: see the interception, eBPF, chain and jump rows and the agent\'s log',
 };
 
 const DENIAL_FIX: Record<string, (p: DebugPod) => string> = {

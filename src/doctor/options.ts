@@ -1,7 +1,7 @@
 /**
  * `kiam doctor` flags → one validated DoctorOptions (every problem at once, as a ConfigError naming the flag).
  */
-import { ConfigError, DEFAULTS, interfacePatternProblem, parseDuration, type IptablesBackendChoice } from '../config.ts';
+import { ConfigError, DEFAULTS, interfacePatternProblem, parseDuration, pathProblem, type IptablesBackendChoice } from '../config.ts';
 
 export interface DoctorOptions {
   /** The running agent's metrics port on 127.0.0.1 (/debug/state). */
@@ -12,6 +12,10 @@ export interface DoctorOptions {
   iptablesBackend?: IptablesBackendChoice;
   /** undefined: the kubeconfig the running agent uses, else in-cluster. */
   kubeconfig?: string;
+  /** cgroup v2 directory to read the eBPF programs from; undefined: the running agent's, else the agent's default. */
+  cgroupRoot?: string;
+  /** bpffs holding the eBPF pins; undefined: the running agent's, else /sys/fs/bpf. */
+  bpffs?: string;
   metadataEndpoint: string;
   json: boolean;
   /** Budget of each network check. */
@@ -23,6 +27,8 @@ export interface RawDoctorOptions {
   hostInterface?: string[];
   iptablesBackend?: string;
   kubeconfig?: string;
+  cgroupRoot?: string;
+  bpffs?: string;
   metadataEndpoint?: string;
   json?: boolean;
   timeout?: string;
@@ -45,6 +51,10 @@ export function parseDoctorOptions(raw: RawDoctorOptions): DoctorOptions {
     problems.push(`--iptables-backend: "${backend}" is not one of auto, nft, legacy`);
   }
   if (raw.kubeconfig === '') problems.push('--kubeconfig must not be empty');
+  const cgroupProblem = raw.cgroupRoot === undefined ? undefined : pathProblem('--cgroup-root', raw.cgroupRoot, true);
+  if (cgroupProblem) problems.push(cgroupProblem);
+  const bpffsProblem = raw.bpffs === undefined ? undefined : pathProblem('--bpffs', raw.bpffs, false);
+  if (bpffsProblem) problems.push(bpffsProblem);
 
   const endpointText = raw.metadataEndpoint ?? DOCTOR_DEFAULTS.metadataEndpoint;
   let metadataEndpoint = endpointText;
@@ -66,6 +76,8 @@ export function parseDoctorOptions(raw: RawDoctorOptions): DoctorOptions {
     ...(raw.hostInterface && raw.hostInterface.length > 0 ? { hostInterfaces: [...raw.hostInterface] } : {}),
     ...(backend !== undefined ? { iptablesBackend: backend as IptablesBackendChoice } : {}),
     ...(raw.kubeconfig !== undefined ? { kubeconfig: raw.kubeconfig } : {}),
+    ...(raw.cgroupRoot !== undefined ? { cgroupRoot: raw.cgroupRoot } : {}),
+    ...(raw.bpffs !== undefined ? { bpffs: raw.bpffs } : {}),
     metadataEndpoint,
     json: Boolean(raw.json),
     timeoutMs,

@@ -1,22 +1,36 @@
 /**
  * `kiam doctor`: run every check over injected ports and report. main.ts wires the real ports (spawnRunner,
- * fetch, /sys/class/net, the kubeconfig); tests inject fakes.
+ * fetch, /sys/class/net, /proc/self/mountinfo, the kubeconfig); tests inject fakes.
  *
- * Order: the agent's /debug/state first (its settings are the defaults of the other checks), then iptables
- * backend and eBPF bypass, chain and jump, host interfaces, metadata endpoint, API server, and the agent's view.
+ * Order: the agent's /debug/state first (its settings are the defaults of the other checks), then the checks that
+ * need commands (iptables backend, the iptables and ip6tables rules, the kernel's eBPF support, one bpftool batch for
+ * what is attached), then the HTTP ones. The report opens with the verdicts that need all of it (the interception per
+ * family, the dataplane), then iptables, host interfaces, eBPF, metadata endpoint, API server, the agent's view.
  */
+import type { NodeFacts } from '../netfilter/ebpf/support.ts';
+import { probeSupport } from '../netfilter/ebpf/support.ts';
 import type { CommandRunner } from '../netfilter/exec.ts';
 import {
+  agentInterception,
   agentRows,
   checkApiServer,
   checkBackend,
-  checkBypass,
+  checkEbpf,
+  checkIptables,
   checkInterfaces,
   checkMetadata,
-  checkRules,
+  dataplaneRow,
+  detectDataplane,
+  ebpfNeed,
+  ebpfPaths,
+  ebpfUse,
   fetchAgentState,
+  interceptionRows,
+  supportRows,
   type CheckRow,
+  type EbpfInspection,
   type HttpPort,
+  type IptablesCheck,
   type KubePort,
 } from './checks.ts';
 import type { DoctorOptions } from './options.ts';
@@ -29,6 +43,8 @@ export interface DoctorPorts {
   listInterfaces(): string[];
   /** A Kubernetes GET port for this kubeconfig (undefined: in-cluster); throws when it cannot be loaded. */
   kube(kubeconfig: string | undefined): KubePort;
+  /** What is mounted where and the kernel's release, for the eBPF checks (realNodeFacts: /proc/self/mountinfo, uname). */
+  facts: NodeFacts;
   now(): number;
 }
 
@@ -59,25 +75,52 @@ export async function runDoctor(options: DoctorOptions, ports: DoctorPorts): Pro
     state: undefined,
   }));
   const agent = fetched.state;
+  const ai = agentInterception(agent);
+  const dataplane = detectDataplane(() => ports.listInterfaces());
 
-  const rows: CheckRow[] = [];
+  const iptablesRows: CheckRow[] = [];
   let backend: Awaited<ReturnType<typeof checkBackend>>['backend'];
-  rows.push(
+  iptablesRows.push(
     ...(await guarded('iptables.backend', 'iptables backend', async () => {
       const result = await checkBackend(ports.runner, options.iptablesBackend, agent);
       backend = result.backend;
       return result.rows;
     })),
   );
-  rows.push(...(await guarded('iptables.bypass', 'netfilter bypass', () => checkBypass(() => ports.listInterfaces()))));
-  rows.push(...(await guarded('iptables.rules', 'interception rules', () => checkRules(ports.runner, backend, agent))));
-  rows.push(
+  let iptables: IptablesCheck | undefined;
+  iptablesRows.push(
+    ...(await guarded('iptables.rules', 'interception rules', async () => {
+      iptables = await checkIptables(ports.runner, backend, agent);
+      return iptables.rows;
+    })),
+  );
+  iptablesRows.push(
     ...(await guarded('interfaces', 'host interfaces', () => {
       const fromFlags = options.hostInterfaces !== undefined;
       const patterns = options.hostInterfaces ?? agent?.config.hostInterfaces;
+      if (!fromFlags && ai.mode !== undefined && ai.mode !== 'iptables' && ai.mode !== 'auto') {
+        return [{ id: 'interfaces', title: 'host interfaces', status: 'ok' as const, detail: `not used (--intercept ${ai.mode}: only the iptables rules match interfaces)` }];
+      }
       return checkInterfaces(patterns, ports.listInterfaces(), agent?.pods?.length, fromFlags ? 'from --host-interface' : 'as the agent runs');
     })),
   );
+
+  const ebpfRows: CheckRow[] = [];
+  const paths = ebpfPaths(options, agent, () => ports.facts.mounts());
+  ebpfRows.push(...(await guarded('ebpf.support', 'eBPF kernel support', async () => supportRows(await probeSupport(ports.runner, ports.facts, paths), ebpfNeed(ai, dataplane), paths))));
+  let ebpf: EbpfInspection | undefined;
+  ebpfRows.push(
+    ...(await guarded('ebpf.cgroup', 'eBPF cgroup', async () => {
+      ebpf = await checkEbpf(ports.runner, { paths, ai, use: ebpfUse(ai) });
+      return ebpf.rows;
+    })),
+  );
+
+  const rows: CheckRow[] = [
+    ...(await guarded('intercept', 'interception', () => [...interceptionRows(ai, dataplane, ebpf, iptables), dataplaneRow(dataplane, ai, ebpf?.attached ?? false)])),
+    ...iptablesRows,
+    ...ebpfRows,
+  ];
   rows.push(...(await guarded('metadata', 'metadata endpoint', () => checkMetadata(ports.http, options.metadataEndpoint, options.timeoutMs))));
   const kubeconfig = options.kubeconfig ?? agent?.config.kubeconfig ?? undefined;
   rows.push(...(await guarded('apiserver', 'API server', () => checkApiServer(() => ports.kube(kubeconfig), agent?.config.nodeName || undefined, options.timeoutMs, options.kubeconfig !== undefined))));

@@ -116,7 +116,7 @@ describe('the eBPF socket redirect in a sandboxed node', { skip }, () => {
   });
 
   it('sends pods to the agent over IPv4, IPv6 and the v4-mapped form, and the pod sees the address it dialled', async () => {
-    await node.startAgent(['--reconcile-interval', '1s', '--log-level', 'debug'], {}, node.interceptArgs('ebpf'));
+    await node.startAgent(['--reconcile-interval', '5s', '--log-level', 'debug'], {}, node.interceptArgs('ebpf'));
     await node.agentLog('assumed role', { sessionName: 'team-a.a1' }, 10_000, 0);
     for (const [host, peer] of [
       ['169.254.169.254', '169.254.169.254'],
@@ -147,6 +147,37 @@ describe('the eBPF socket redirect in a sandboxed node', { skip }, () => {
       }
     }
     assert.equal(new Set(keys.values()).size, 1, `one cached identity for the pod: ${JSON.stringify([...keys])}`);
+  });
+
+  it('kiam doctor reports the eBPF mode per family, and a detached program until the agent re-attaches it', async () => {
+    const doctor = async () => {
+      const r = await node.kiam(['doctor', '--json', '--metadata-endpoint', 'http://169.254.169.254', '--timeout', '3s']);
+      const report = JSON.parse(r.stdout) as { checks: Array<{ id: string; status: string; detail: string; fix?: string }> };
+      return { code: r.code, rows: new Map(report.checks.map((c) => [c.id, c])) };
+    };
+    const ok = await doctor();
+    assert.equal(ok.code, 0, JSON.stringify([...ok.rows.values()].filter((c) => c.status !== 'ok')));
+    assert.match(ok.rows.get('intercept.ipv4')!.detail, /eBPF/);
+    assert.match(ok.rows.get('intercept.ipv6')!.detail, /eBPF/);
+    for (const hook of ['connect4', 'connect6', 'getpeername4', 'getpeername6']) assert.equal(ok.rows.get(`ebpf.${hook}`)?.status, 'ok', hook);
+    assert.equal(ok.rows.get('ebpf.config')?.status, 'ok');
+
+    // Detach our connect4 by hand, as a careless CNI restart might, right after a check found everything in sync (the
+    // next one is 5 s away): doctor fails that row with the fix, then the agent re-attaches it and counts the repair.
+    const inSync = async () => metricValue(await node.metrics(), 'kiam_ebpf_reconciles_total', { result: 'in-sync' });
+    const start = await inSync();
+    while ((await inSync()) === start) await new Promise((r) => setTimeout(r, 100));
+    const from = node.agent!.lineCount;
+    const connect4 = attached(await ebpfStatus()).find((p) => p.hook === 'connect4' && p.name === 'kiam_connect4')!;
+    await bpftool(['cgroup', 'detach', sb.cgroupPath!, 'connect4', 'id', String(connect4.id)]);
+    const broken = await doctor();
+    assert.equal(broken.code, 1);
+    assert.equal(broken.rows.get('ebpf.connect4')!.status, 'fail');
+    assert.ok(broken.rows.get('ebpf.connect4')!.fix, 'a failing row says how to fix it');
+    await node.agentLog('eBPF socket redirect repaired', {}, 10_000, from);
+    assert.ok(metricValue(await node.metrics(), 'kiam_ebpf_reconciles_total', { result: 'repaired' }) >= 1);
+    const again = await doctor();
+    assert.equal(again.code, 0, 'in sync again after the repair');
   });
 
   it('never rewrites the node namespace, other ports, other addresses or UDP', async () => {
