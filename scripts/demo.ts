@@ -1,7 +1,9 @@
 /**
- * The local demo: one node in network namespaces, the real agent, pods asking for credentials with the AWS CLI
- * through the real DNAT path. Built from the same sandbox and fakes as the end-to-end tests. Run as root,
- * through scripts/demo.sh (which installs what it needs first).
+ * The local demo: one node in network namespaces, the real agent with `--intercept auto` (the eBPF socket redirect
+ * plus the iptables rules), pods asking for credentials with the AWS CLI over IPv4 and IPv6, and an emulated eBPF
+ * dataplane that would bypass the DNAT. Built from the same sandbox and fakes as the end-to-end tests: the eBPF
+ * programs attach only to the sandbox's own child cgroup. Run as root, through scripts/demo.sh (which installs what
+ * it needs first).
  */
 import { BASE_ARN, clientCredentials, curlCredentials, Node, type PodSpec } from '../test/e2e/harness.ts';
 import { Sandbox, type Pod } from '../test/e2e/sandbox.ts';
@@ -21,16 +23,18 @@ const PODS: DemoPod[] = [
 ];
 
 async function main(): Promise<void> {
-  const missing = Sandbox.prerequisites(['curl', 'kubectl', 'iptables-nft-save', '/usr/bin/aws']);
+  const missing = [...Sandbox.prerequisites(['curl', 'kubectl', 'iptables-nft-save', '/usr/bin/aws', 'bpftool']), ...Sandbox.bpfPrerequisites()];
   if (missing.length) throw new Error(`missing: ${missing.join('; ')}`);
-  const sb = await Sandbox.create({ prefix: `kiamdemo${Math.random().toString(16).slice(2, 6)}` });
+  const sb = await Sandbox.create({ prefix: `kiamdemo${Math.random().toString(16).slice(2, 6)}`, cgroup: true, upstreamNetns: true, ipv6: true });
   try {
     say(bold('kiam demo') + ` — a node in network namespaces ${sb.prefix}-*; this machine's own network is not touched.`);
-    say(`  node namespace: host IP ${sb.hostIp}; fake metadata service (holding the NODE's role) on 169.254.169.254:80;`);
-    say('                  fake STS and fake Kubernetes API on its loopback; pods behind cali… veths, as with Calico.');
+    say(`  node namespace: host IP ${sb.hostIp} and ${sb.hostIpv6}; fake STS and fake Kubernetes API on its loopback;`);
+    say(`  behind its eth0, as on EC2, the fake metadata service (holding the NODE's role) on 169.254.169.254 and fd00:ec2::254;`);
+    say('  dual-stack pods behind cali… veths, as with Calico; every process in a child cgroup of our own, where the');
+    say(`  eBPF programs attach (${sb.cgroupPath}).`);
     say();
 
-    say(bold('1. Starting the fakes and `kiam agent --iptables --host-interface cali+`'));
+    say(bold('1. Starting the fakes and `kiam agent --intercept auto` (eBPF socket redirect + iptables rules on cali+)'));
     const node = await Node.start(sb);
     await node.createNamespace('team-a', `${BASE_ARN}app-.*`);
     await node.createNamespace('team-b', `${BASE_ARN}b-role`);
@@ -38,18 +42,18 @@ async function main(): Promise<void> {
     const pods: { spec: DemoPod; pod: Pod }[] = [];
     for (const spec of PODS) {
       const pod = await sb.addPod({ name: spec.name });
-      await node.createPod({ ...spec, ip: pod.ip });
+      await node.createPod({ ...spec, ip: pod.ip, ipv6: pod.ipv6 });
       pods.push({ spec, pod });
     }
     const started = Date.now();
-    await node.startAgent();
-    say(`   agent ready in ${Date.now() - started} ms (watches synced, server listening, rules installed)`);
+    await node.startAgent([], {}, node.interceptArgs('auto'));
+    say(`   agent ready in ${Date.now() - started} ms (watches synced, server listening, eBPF programs attached, rules installed)`);
     say(`   namespaces: team-a permits ${BASE_ARN}app-.*, team-b permits ${BASE_ARN}b-role, locked permits nothing`);
     say();
 
-    say(bold('2. The rules the agent owns in the node namespace (iptables-nft-save -t nat)'));
-    const save = await sb.execOrThrow(sb.nodeNs, ['iptables-nft-save', '-t', 'nat']);
-    for (const line of save.split('\n').filter((l) => /KIAM/.test(l) && l.startsWith('-A'))) say(`   ${line}`);
+    say(bold('2. What the agent installed: `kiam intercept status` in the node namespace'));
+    const status = await node.kiam(['intercept', 'status', ...node.interceptArgs('auto'), '--host-ip', sb.hostIp]);
+    for (const line of status.stdout.trimEnd().split('\n')) say(`   ${line}`);
     say();
 
     say(bold('3. Each pod runs `aws configure export-credentials` (AWS CLI v2) against http://169.254.169.254'));
@@ -64,6 +68,19 @@ async function main(): Promise<void> {
       say(`   ${who} ${role} ${result}`);
       say(`   ${''.padEnd(14)} ${''.padEnd(18)}   ${spec.story}`);
     }
+    say();
+
+    say(bold('3b. Over IPv6: the AWS CLI with AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6 dials [fd00:ec2::254]'));
+    const v6 = await clientCredentials(sb, pods[0]!.pod, 'aws-cli', 'ipv6');
+    say(`   team-a/web → ${v6.accessKeyId ?? `nothing: ${v6.output.trim()}`}`);
+    say();
+
+    say(bold('3c. An eBPF dataplane (emulated: a tc program sends pod metadata packets out of eth0, past netfilter)'));
+    await sb.installBypass();
+    const bypassed = await clientCredentials(sb, pods[0]!.pod, 'aws-cli');
+    say(`   team-a/web → ${bypassed.accessKeyId ?? 'nothing'}: still its own role, the connect was redirected before any packet existed.`);
+    say('   (With iptables alone the same pod gets the node role here; test/e2e/ebpf.test.ts shows it.)');
+    await sb.removeBypass();
     say();
 
     say(bold('4. A pod scheduled now is prefetched before its first request'));
@@ -82,7 +99,7 @@ async function main(): Promise<void> {
     say(bold('5. A few of the metrics on :9620/metrics'));
     const metrics = await sb.execOrThrow(sb.nodeNs, ['curl', '-sS', 'http://127.0.0.1:9620/metrics']);
     for (const line of metrics.split('\n')) {
-      if (/^kiam_(pods_indexed|credentials_cached_identities|credentials_cache_(hits|misses)_total|iptables_rules_present|credential_denials_total)/.test(line)) say(`   ${line}`);
+      if (/^kiam_(pods_indexed|credentials_cached_identities|credentials_cache_(hits|misses)_total|iptables_rules_present|ebpf_redirect_present|ebpf_redirected_connections|credential_denials_total)/.test(line)) say(`   ${line}`);
     }
     say();
 
@@ -92,13 +109,13 @@ async function main(): Promise<void> {
     say(`   (exit ${doctor.code}: 0 means nothing failed)`);
     say();
 
-    say(bold('7. SIGTERM: the agent drains and exits; the rules stay, so pods fail closed'));
+    say(bold('7. SIGTERM: the agent drains and exits; the interception stays, so pods fail closed'));
     node.agent!.kill('SIGTERM');
     const exit = await node.agent!.exited;
     const after = await curlCredentials(sb, pods[0]!.pod);
     say(`   agent exit code ${exit.code}; team-a/web now gets ${after.listing.status === 0 ? 'connection refused' : after.listing.status}, not the node role`);
-    await sb.execOrThrow(sb.nodeNs, [process.execPath, 'bin/kiam.mjs', 'iptables', 'remove']);
-    say('   `kiam iptables remove` cleaned the rules up');
+    const removed = await node.kiam(['intercept', 'remove', ...node.interceptArgs('auto')]);
+    say(`   \`kiam intercept remove\` detached the programs and removed the rules (exit ${removed.code})`);
   } finally {
     await sb.destroy();
     say();
