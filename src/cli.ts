@@ -22,7 +22,7 @@ function interceptionOptions(cmd: Command, forAgent: boolean): Command {
     // Environment fallbacks (HOST_IP, NODE_NAME) are applied by buildConfig from parseCommandLine's `env`, not by
     // commander's .env(), which would read process.env behind the caller's back (and take an empty HOST_IP as a value).
     .addOption(new Option('--host-ip <ip>', 'node IP the DNAT sends metadata traffic to, and the metadata server binds to (env: HOST_IP)'))
-    .addOption(new Option('--host-ipv6 <ip>', "the node's IPv6 address: the server listens there too, and fd00:ec2::254 is sent there (env: HOST_IPV6)"))
+    .addOption(new Option('--host-ipv6 <ip>', "the node's IPv6 address: the server listens there too, and fd00:ec2::254 is sent there (env: HOST_IPV6, else the IPv6 entry of HOST_IPS)"))
     .addOption(new Option('--port <port>', 'metadata server port on the host IP').default(DEFAULTS.port))
     .addOption(
       new Option('--host-interface <pattern>', `pod-facing interface(s), repeatable; iptables wildcards (cali+) and negation (!eth0)${forAgent ? '; required with --iptables' : ''}`).argParser(collect),

@@ -215,6 +215,11 @@ export function hostIpv6Problem(ip: unknown): string | undefined {
   return undefined;
 }
 
+/** The first IPv6 entry of a comma-separated address list (the downward API's status.hostIPs), if any. */
+export function ipv6FromList(list: string | undefined): string | undefined {
+  return list?.split(',').map((s) => s.trim()).find((s) => s.includes(':'));
+}
+
 /** Why this path cannot be given to bpftool (its batch mode splits on blanks; libbpf turns '.' into '_' in pin paths). */
 export function pathProblem(flag: string, path: string, allowDots: boolean): string | undefined {
   if (!path.startsWith('/')) return `${flag}: "${path}" must be an absolute path`;
@@ -256,7 +261,8 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   const hostIp = raw.hostIp ?? (env.HOST_IP || undefined);
   const ipProblem = hostIp === undefined ? undefined : hostIpProblem(hostIp);
   if (ipProblem) problems.push(`--host-ip: ${ipProblem}`);
-  const hostIpv6 = raw.hostIpv6 ?? (env.HOST_IPV6 || undefined);
+  // The downward API gives status.hostIPs as one comma-separated value and cannot pick the IPv6 entry itself.
+  const hostIpv6 = raw.hostIpv6 ?? (env.HOST_IPV6 || undefined) ?? ipv6FromList(env.HOST_IPS);
   const ip6Problem = hostIpv6 === undefined ? undefined : hostIpv6Problem(hostIpv6);
   if (ip6Problem) problems.push(`--host-ipv6: ${ip6Problem}`);
 

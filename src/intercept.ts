@@ -66,12 +66,17 @@ function ebpfSpec(config: Config, facts: NodeFacts): EbpfSpec {
 
 /**
  * Decide whether the eBPF half runs. `ebpf` on a node without support is an error (the caller asked for it);
- * `auto` logs what is missing and goes on with iptables alone.
+ * `auto` logs what is missing and goes on with iptables alone. `features`: run bpftool's kernel feature probe (only
+ * `kiam init` has the capabilities it needs); without it, loading the object is the rest of the test.
  */
-export async function planEbpf(config: Config, deps: Pick<InterceptDeps, 'runner' | 'facts' | 'logger'>): Promise<EbpfPlan | null> {
+export async function planEbpf(
+  config: Config,
+  deps: Pick<InterceptDeps, 'runner' | 'facts' | 'logger'>,
+  options: { features?: boolean } = {},
+): Promise<EbpfPlan | null> {
   if (!config.ebpf) return null;
   const spec = ebpfSpec(config, deps.facts);
-  const support = await probeSupport(deps.runner, deps.facts, spec);
+  const support = await probeSupport(deps.runner, deps.facts, spec, { features: options.features ?? false });
   if (support.ok) return { active: true, spec, support, reason: null };
   const reason = `the eBPF socket redirect cannot run on this node: ${support.missing.join('; ')}`;
   if (config.intercept === 'ebpf') throw new Error(reason);
@@ -121,6 +126,30 @@ function ruleSpec(config: Config) {
   return { hostIp: config.hostIp!, ...(config.hostIpv6 ? { hostIpv6: config.hostIpv6 } : {}), port: config.port, hostInterfaces: config.hostInterfaces };
 }
 
+/**
+ * Install the interceptors in order (eBPF first: on an eBPF dataplane it is the one that holds) and start their
+ * timers. With `auto`, an eBPF install that fails (a kernel that passed the cheap checks can still refuse the object:
+ * the verifier is the real test) is logged and dropped, and the rules alone go on; any other failure is thrown.
+ */
+export async function installInterception(interception: Interception, mode: Config['intercept'], logger: Logger, signal?: AbortSignal): Promise<void> {
+  const { interceptors, ebpf } = interception;
+  for (const interceptor of [...interceptors]) {
+    signal?.throwIfAborted();
+    try {
+      await interceptor.install();
+    } catch (err) {
+      if (interceptor.kind !== 'ebpf' || mode !== 'auto' || !ebpf) throw err;
+      ebpf.active = false;
+      ebpf.reason = `the eBPF socket redirect could not be installed: ${(err as Error).message}`;
+      logger.warn({ err }, `${ebpf.reason}; intercepting with iptables alone, which eBPF dataplanes (Cilium eBPF host routing, Calico eBPF) bypass`);
+      interceptors.splice(interceptors.indexOf(interceptor), 1);
+      interception.ebpfInterceptor = null;
+      continue;
+    }
+    interceptor.start();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // One-shot commands
 
@@ -157,7 +186,7 @@ export async function runInterceptCommand(
   if (config.ebpf) {
     const spec = ebpfSpec(config, deps.facts);
     if (installing) {
-      const p = await planEbpf(config, deps);
+      const p = await planEbpf(config, deps, { features: action === 'init' });
       if (p?.active) {
         const interceptor = new EbpfInterceptor({ ...deps, metrics: deps.metrics, spec, object: deps.object ?? bpfObjectPath(), intervalMs: 1000, ...(deps.probe ? { probe: deps.probe } : {}) });
         await interceptor.install();

@@ -18,7 +18,7 @@ import { createMetrics } from './metrics.ts';
 import { spawnRunner } from './netfilter/exec.ts';
 import { DEFAULT_CHAIN } from './netfilter/rules.ts';
 import { realNodeFacts } from './netfilter/ebpf/support.ts';
-import { buildInterception, renderInterceptReport, runInterceptCommand } from './intercept.ts';
+import { buildInterception, installInterception, renderInterceptReport, runInterceptCommand } from './intercept.ts';
 import { createKubeSources, loadKubeConfig } from './resolver/kube.ts';
 import { Resolver } from './resolver/lookup.ts';
 import { Policy } from './resolver/policy.ts';
@@ -170,12 +170,7 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
         }
         if (!config.removeRulesOnExit) logger.info('interception kept: pods fail closed until the agent is back (--remove-rules-on-exit to change)');
       });
-      // eBPF first: on an eBPF dataplane it is the one that holds.
-      for (const interceptor of interceptors) {
-        startup.signal.throwIfAborted();
-        await interceptor.install();
-        interceptor.start();
-      }
+      await installInterception(interception, config.intercept, logger, startup.signal);
       rulesReady = () => interceptors.every((i) => i.present);
       if (iptables && backend) {
         debug.rules = () => ({ enabled: true, backend: backend.name, backendReason: backend.reason, chain: DEFAULT_CHAIN, present: iptables.present });

@@ -497,7 +497,7 @@ const NO_FIX_SUPPORT =
 export function supportRows(support: Support, need: EbpfNeed, paths: EbpfPaths): CheckRow[] {
   const title = 'eBPF kernel support';
   if (support.ok) {
-    return [row('ebpf.support', title, 'ok', `kernel ${support.kernel}: cgroup sock_addr programs, netns and socket cookies, getpeername hooks; cgroup2 at ${paths.cgroupRoot}, bpffs at ${paths.bpffs}`)];
+    return [row('ebpf.support', title, 'ok', `kernel ${support.kernel}: ≥ 5.8 (getpeername hooks), bpftool runs with CAP_SYS_ADMIN; cgroup2 at ${paths.cgroupRoot}, bpffs at ${paths.bpffs}`)];
   }
   const status: Status = need.level === 'required' ? 'fail' : need.level === 'unused' ? 'ok' : 'warn';
   return support.missing.map((missing, i) => {

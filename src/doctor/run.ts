@@ -107,7 +107,7 @@ export async function runDoctor(options: DoctorOptions, ports: DoctorPorts): Pro
 
   const ebpfRows: CheckRow[] = [];
   const paths = ebpfPaths(options, agent, () => ports.facts.mounts());
-  ebpfRows.push(...(await guarded('ebpf.support', 'eBPF kernel support', async () => supportRows(await probeSupport(ports.runner, ports.facts, paths), ebpfNeed(ai, dataplane), paths))));
+  ebpfRows.push(...(await guarded('ebpf.support', 'eBPF kernel support', async () => supportRows(await probeSupport(ports.runner, ports.facts, paths, { features: false }), ebpfNeed(ai, dataplane), paths))));
   let ebpf: EbpfInspection | undefined;
   ebpfRows.push(
     ...(await guarded('ebpf.cgroup', 'eBPF cgroup', async () => {

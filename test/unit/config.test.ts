@@ -452,4 +452,11 @@ describe('--host-ipv6', () => {
   test('is optional in every mode', () => {
     assert.equal(buildConfig({ nodeName: 'n', intercept: 'ebpf', hostIp: '10.0.0.1' }, {}).hostIpv6, undefined);
   });
+
+  test("HOST_IPS (the downward API's status.hostIPs, comma-separated) gives the IPv6 entry when HOST_IPV6 is unset", () => {
+    assert.equal(buildConfig({ nodeName: 'n' }, { HOST_IPS: '10.0.1.23,2600:1f14::17' }).hostIpv6, '2600:1f14::17');
+    assert.equal(buildConfig({ nodeName: 'n' }, { HOST_IPS: '10.0.1.23' }).hostIpv6, undefined, 'an IPv4-only node');
+    assert.equal(buildConfig({ nodeName: 'n' }, { HOST_IPS: '10.0.1.23,2600:1f14::17', HOST_IPV6: '2600:1f14::18' }).hostIpv6, '2600:1f14::18');
+    assert.equal(buildConfig({ nodeName: 'n', hostIpv6: '2600:1f14::19' }, { HOST_IPS: '10.0.1.23,2600:1f14::17' }).hostIpv6, '2600:1f14::19');
+  });
 });

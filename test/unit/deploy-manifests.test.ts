@@ -1,16 +1,20 @@
 /**
  * The Kubernetes manifests in deploy/, rendered offline with `kubectl kustomize` (the base, every CNI overlay and
  * the clean-up), each object validated against the Kubernetes schemas (kubernetes-models' validate(), plus a check
- * for field names the API does not know, from @kubernetes/client-node's generated models), and the fields that
- * security and correctness depend on asserted. The DaemonSet's args go through the agent's real command line
- * parser with the environment the downward API would give it.
+ * for field names the API does not know, from @kubernetes/client-node's generated models; custom resources, which
+ * neither knows, get an explicit check of their own), and the fields that security and correctness depend on
+ * asserted. The containers' args (the agent's, `kiam init`'s, the clean-up's) go through the real command line
+ * parser with the environment the downward API would give them.
  */
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { isIP } from 'node:net';
+import { dirname, join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { parseCommandLine } from '../../src/cli.ts';
+import type { Config } from '../../src/config.ts';
+import { DEFAULT_CGROUP_ROOT, FALLBACK_CGROUP_ROOT, resolveCgroupRoot } from '../../src/netfilter/ebpf/support.ts';
 import { imageUser, kustomize, parseDockerfile, parseYamlObjects, pkg, requireKubectl, ROOT, type K8sObject } from './deploy-support.ts';
 
 /** Each overlay and the --host-interface it must give the agent. A new overlay needs a line here. */
@@ -22,9 +26,25 @@ const OVERLAYS: Record<string, string> = {
   weave: 'weave',
   kindnet: 'veth+',
   cilium: 'lxc+',
+  'cilium-lrp': 'lxc+',
 };
-/** What the downward API would give the pod in the test's imaginary node. */
-const NODE = { name: 'ip-10-0-1-23.eu-west-1.compute.internal', hostIP: '10.0.1.23' };
+/** Overlays that change more than the interface (checked on their own below). */
+const SPECIAL_OVERLAYS = new Set(['cilium-lrp']);
+
+/**
+ * The agent container's capabilities, measured with bpftool 7.1 and iptables 1.8.9 under `setpriv --bounding-set`
+ * in a throwaway network namespace, private cgroup2 and bpffs (deploy/README.md, "Capabilities, measured"):
+ * iptables needs NET_ADMIN and NET_RAW; bpftool needs SYS_ADMIN to read what is attached (programs and BTF by id),
+ * which also covers loading the programs again. bpftool's kernel feature probe (BPF, NET_ADMIN, PERFMON, SYS_ADMIN)
+ * runs in the privileged init container only.
+ */
+const MEASURED_AGENT_CAPABILITIES = ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'];
+
+/** What the downward API would give the pod in the test's imaginary node (IPv4 only, as most nodes are). */
+const NODE = { name: 'ip-10-0-1-23.eu-west-1.compute.internal', hostIP: '10.0.1.23', hostIPs: '10.0.1.23' };
+/** A dual-stack node: status.hostIPs lists both families, the primary (status.hostIP) first. */
+const DUAL_STACK_NODE = { ...NODE, hostIPs: '10.0.1.23,2001:db8:0:1::23' };
+type TestNode = typeof NODE;
 
 // ---- minimal typed views of what the tests read -----------------------------------------------------------
 
@@ -36,6 +56,7 @@ interface EnvVar {
 interface Container {
   name: string;
   image: string;
+  imagePullPolicy?: string;
   args?: string[];
   command?: string[];
   env?: EnvVar[];
@@ -52,7 +73,13 @@ interface Container {
     capabilities?: { drop?: string[]; add?: string[] };
     seccompProfile?: { type: string };
   };
-  volumeMounts?: Array<{ name: string; mountPath: string }>;
+  volumeMounts?: VolumeMount[];
+}
+interface VolumeMount {
+  name: string;
+  mountPath: string;
+  readOnly?: boolean;
+  mountPropagation?: string;
 }
 interface PodSpec {
   serviceAccountName?: string;
@@ -71,8 +98,21 @@ interface PodSpec {
 }
 interface DaemonSet extends K8sObject {
   spec: {
+    selector: { matchLabels?: Record<string, string> };
     updateStrategy?: { type: string; rollingUpdate?: { maxUnavailable?: string | number; maxSurge?: string | number } };
-    template: { metadata: { annotations?: Record<string, string> }; spec: PodSpec };
+    template: { metadata: { labels?: Record<string, string>; annotations?: Record<string, string> }; spec: PodSpec };
+  };
+}
+interface PortSelector {
+  port: string;
+  protocol?: string;
+  name?: string;
+}
+interface LocalRedirectPolicy extends K8sObject {
+  spec: {
+    redirectFrontend: { addressMatcher?: { ip: string; toPorts: PortSelector[] }; serviceMatcher?: unknown };
+    redirectBackend: { localEndpointSelector: { matchLabels?: Record<string, string> }; toPorts: PortSelector[] };
+    skipRedirectFromBackend?: boolean;
   };
 }
 
@@ -96,6 +136,19 @@ const agentContainer = (ds: DaemonSet): Container => {
   assert.ok(c, 'container kiam');
   return c;
 };
+const initContainer = (ds: DaemonSet): Container => {
+  const c = ds.spec.template.spec.initContainers?.find((x) => x.name === 'init');
+  assert.ok(c, 'init container init');
+  return c;
+};
+/** The host path a container sees at `mountPath`, with the mount's settings. */
+function hostMount(pod: PodSpec, c: Container, mountPath: string): VolumeMount & { hostPath: string; type?: string } {
+  const m = c.volumeMounts?.find((x) => x.mountPath === mountPath);
+  assert.ok(m, `${c.name} mounts ${mountPath}`);
+  const v = pod.volumes?.find((x) => x.name === m.name);
+  assert.ok(v?.hostPath, `${c.name}: ${m.name} is a hostPath volume`);
+  return { ...m, hostPath: v.hostPath.path, ...(v.hostPath.type ? { type: v.hostPath.type } : {}) };
+}
 const overlayDirs = () => readdirSync(join(ROOT, 'deploy/overlays'), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
 
 /** Load the kubernetes-models class for an object, e.g. kubernetes-models/apps/v1/DaemonSet. */
@@ -144,10 +197,88 @@ function unknownFields(obj: K8sObject): string[] | undefined {
   return problems;
 }
 
+/** The string form of an L4 port in Cilium's CRDs ("80", never 80). */
+const CILIUM_PORT = /^([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d{2}|655[0-2]\d|6553[0-5])$/;
+
+/**
+ * The fields of a CiliumLocalRedirectPolicy (cilium.io/v2) this repository uses, checked by hand: neither
+ * kubernetes-models nor client-node knows Cilium's CRDs. Field names and types follow Cilium's documentation and
+ * its example kiam-lrp.yaml (https://docs.cilium.io/en/stable/network/kubernetes/local-redirect-policy/).
+ * Returns the problems found, empty when none.
+ */
+function localRedirectPolicyProblems(obj: unknown): string[] {
+  const problems: string[] = [];
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  const keys = (v: Record<string, unknown>, path: string, allowed: string[], required: string[] = []) => {
+    for (const k of Object.keys(v)) if (!allowed.includes(k)) problems.push(`${path}.${k}: unknown field`);
+    for (const k of required) if (!(k in v)) problems.push(`${path}.${k}: missing`);
+  };
+  const ports = (v: unknown, path: string) => {
+    if (!Array.isArray(v) || v.length === 0) return void problems.push(`${path}: must be a non-empty list`);
+    v.forEach((p: unknown, i) => {
+      const at = `${path}[${i}]`;
+      if (!isObject(p)) return void problems.push(`${at}: must be an object`);
+      keys(p, at, ['port', 'protocol', 'name'], ['port']);
+      if (typeof p.port !== 'string' || !CILIUM_PORT.test(p.port)) problems.push(`${at}.port: must be a port number as a string`);
+      if (p.protocol !== undefined && p.protocol !== 'TCP' && p.protocol !== 'UDP') problems.push(`${at}.protocol: must be TCP or UDP`);
+      if (p.name !== undefined && typeof p.name !== 'string') problems.push(`${at}.name: must be a string`);
+    });
+    if (v.length > 1 && !v.every((p: { name?: unknown }) => typeof p?.name === 'string')) problems.push(`${path}: several ports must be named`);
+  };
+  if (!isObject(obj)) return ['not an object'];
+  keys(obj, 'CiliumLocalRedirectPolicy', ['apiVersion', 'kind', 'metadata', 'spec'], ['metadata', 'spec']);
+  if (obj.apiVersion !== 'cilium.io/v2') problems.push('apiVersion: must be cilium.io/v2');
+  const metadata = obj.metadata;
+  if (!isObject(metadata) || typeof metadata.name !== 'string' || typeof metadata.namespace !== 'string') problems.push('metadata: needs a name and a namespace (the policy is namespaced)');
+  const spec = obj.spec;
+  if (!isObject(spec)) return [...problems, 'spec: must be an object'];
+  keys(spec, 'spec', ['redirectFrontend', 'redirectBackend', 'skipRedirectFromBackend', 'description'], ['redirectFrontend', 'redirectBackend']);
+  if (spec.skipRedirectFromBackend !== undefined && typeof spec.skipRedirectFromBackend !== 'boolean') problems.push('spec.skipRedirectFromBackend: must be a boolean');
+  const front = spec.redirectFrontend;
+  if (isObject(front)) {
+    keys(front, 'spec.redirectFrontend', ['addressMatcher', 'serviceMatcher']);
+    if (('addressMatcher' in front) === ('serviceMatcher' in front)) problems.push('spec.redirectFrontend: exactly one of addressMatcher, serviceMatcher');
+    const am = front.addressMatcher;
+    if (am !== undefined) {
+      if (!isObject(am)) problems.push('spec.redirectFrontend.addressMatcher: must be an object');
+      else {
+        keys(am, 'spec.redirectFrontend.addressMatcher', ['ip', 'toPorts'], ['ip', 'toPorts']);
+        if (typeof am.ip !== 'string' || isIP(am.ip) === 0) problems.push('spec.redirectFrontend.addressMatcher.ip: must be an IP address');
+        ports(am.toPorts, 'spec.redirectFrontend.addressMatcher.toPorts');
+      }
+    }
+  } else problems.push('spec.redirectFrontend: must be an object');
+  const back = spec.redirectBackend;
+  if (isObject(back)) {
+    keys(back, 'spec.redirectBackend', ['localEndpointSelector', 'toPorts'], ['localEndpointSelector', 'toPorts']);
+    const sel = back.localEndpointSelector;
+    if (!isObject(sel)) problems.push('spec.redirectBackend.localEndpointSelector: must be an object');
+    else {
+      keys(sel, 'spec.redirectBackend.localEndpointSelector', ['matchLabels', 'matchExpressions']);
+      const labels = sel.matchLabels;
+      if (labels !== undefined && (!isObject(labels) || !Object.values(labels).every((x) => typeof x === 'string'))) {
+        problems.push('spec.redirectBackend.localEndpointSelector.matchLabels: must map strings to strings');
+      }
+    }
+    ports(back.toPorts, 'spec.redirectBackend.toPorts');
+  } else problems.push('spec.redirectBackend: must be an object');
+  return problems;
+}
+
+/** Custom resources the repository ships, each with its explicit check (the schema walk below skips them). */
+const CUSTOM_RESOURCES: Record<string, (obj: K8sObject) => string[]> = {
+  'cilium.io/v2 CiliumLocalRedirectPolicy': localRedirectPolicyProblems,
+};
+
 async function assertValidObjects(objects: K8sObject[], what: string): Promise<void> {
   assert.ok(objects.length > 0, `${what} renders something`);
   for (const obj of objects) {
     const label = `${what}: ${obj.kind}/${obj.metadata?.name}`;
+    const custom = CUSTOM_RESOURCES[`${obj.apiVersion} ${obj.kind}`];
+    if (custom) {
+      assert.deepEqual(custom(obj), [], `${label}: as the CRD expects`);
+      continue;
+    }
     const Model = await modelClass(obj);
     assert.doesNotThrow(() => new Model(obj).validate(), label);
     const unknown = unknownFields(obj);
@@ -159,21 +290,30 @@ async function assertValidObjects(objects: K8sObject[], what: string): Promise<v
 function expandVars(arg: string, env: Record<string, string>): string {
   return arg.replace(/\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)/g, (m, name: string | undefined) => (name === undefined ? '$' : (env[name] ?? m)));
 }
-/** The container's environment as the kubelet would build it on NODE. */
-function containerEnv(c: Container): Record<string, string> {
+/**
+ * The container's environment as the kubelet would build it on `node`: status.hostIPs is the node's addresses
+ * joined with commas, the primary first (kubelet's podFieldSelectorRuntimeValue; KEP-2681, GA in 1.30).
+ */
+function containerEnv(c: Container, node: TestNode = NODE): Record<string, string> {
   const env: Record<string, string> = {};
   for (const e of c.env ?? []) {
     if (e.value !== undefined) env[e.name] = expandVars(e.value, env);
-    else if (e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName') env[e.name] = NODE.name;
-    else if (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP') env[e.name] = NODE.hostIP;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'spec.nodeName') env[e.name] = node.name;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIP') env[e.name] = node.hostIP;
+    else if (e.valueFrom?.fieldRef?.fieldPath === 'status.hostIPs') env[e.name] = node.hostIPs;
     else assert.fail(`env ${e.name}: unexpected source ${JSON.stringify(e.valueFrom)}`);
   }
   return env;
 }
 /** What the agent's parser makes of the container: args expanded as the kubelet does, env from the downward API. */
-function parseContainer(c: Container) {
-  const env = containerEnv(c);
+function parseContainer(c: Container, node: TestNode = NODE) {
+  const env = containerEnv(c, node);
   return parseCommandLine((c.args ?? []).map((a) => expandVars(a, env)), env);
+}
+/** The interception settings, which `kiam init`, the agent and the clean-up must agree on. */
+function interception(config: Config) {
+  const { hostIp, hostIpv6, port, intercept, iptables, ebpf, hostInterfaces, iptablesBackend, cgroupRoot, bpffs } = config;
+  return { hostIp, hostIpv6, port, intercept, iptables, ebpf, hostInterfaces, iptablesBackend, cgroupRoot, bpffs };
 }
 function portNumber(c: Container, port: number | string): number {
   if (typeof port === 'number') return port;
@@ -203,6 +343,20 @@ describe('every render is valid Kubernetes', () => {
     assert.deepEqual(unknownFields(ds), []);
   });
 
+  test('the CiliumLocalRedirectPolicy check catches a misspelt field, a numeric port and a missing backend (a control)', () => {
+    const lrp = find<LocalRedirectPolicy>(render('deploy/overlays/cilium-lrp'), 'CiliumLocalRedirectPolicy', 'kiam-metadata');
+    assert.deepEqual(localRedirectPolicyProblems(lrp), []);
+    const typo = structuredClone(lrp) as unknown as { spec: Record<string, unknown> };
+    typo.spec.skipRedirectFromBackends = true;
+    assert.deepEqual(localRedirectPolicyProblems(typo), ['spec.skipRedirectFromBackends: unknown field']);
+    const numeric = structuredClone(lrp);
+    (numeric.spec.redirectBackend.toPorts[0] as unknown as { port: number }).port = 8181;
+    assert.deepEqual(localRedirectPolicyProblems(numeric), ['spec.redirectBackend.toPorts[0].port: must be a port number as a string']);
+    const noBackend = structuredClone(lrp) as unknown as { spec: Record<string, unknown> };
+    delete noBackend.spec.redirectBackend;
+    assert.deepEqual(localRedirectPolicyProblems(noBackend), ['spec.redirectBackend: missing', 'spec.redirectBackend: must be an object']);
+  });
+
   test('kubectl kustomize deploy/ renders the base: namespace, RBAC and the agent, nothing else', async () => {
     const objects = render('deploy');
     await assertValidObjects(objects, 'deploy');
@@ -224,7 +378,14 @@ describe('every render is valid Kubernetes', () => {
   test('the kind end-to-end manifests (its overlay, the fakes, the client pods) are valid too', async () => {
     const overlay = render('test/e2e/kind/overlay');
     await assertValidObjects(overlay, 'kind overlay');
-    assert.ok(agentDaemonSet(overlay), 'the kind overlay deploys the agent');
+    const ds = agentDaemonSet(overlay);
+    // The kind nodes have only the image loaded by `kind load`: neither container may pull.
+    for (const ctr of [initContainer(ds), agentContainer(ds)]) {
+      assert.equal(ctr.image, 'kiam:e2e', ctr.name);
+      assert.equal(ctr.imagePullPolicy, 'Never', ctr.name);
+    }
+    const inv = parseContainer(initContainer(ds));
+    assert.equal(inv.kind, 'init', inv.kind === 'exit' ? inv.output : '');
     for (const file of ['fakes.yaml', 'clients.yaml']) {
       const objects = parseYamlObjects(readFileSync(join(ROOT, 'test/e2e/kind', file), 'utf8'), file);
       assert.ok(objects.length > 0, `${file} holds objects`);
@@ -286,11 +447,21 @@ describe('the agent DaemonSet', () => {
   const inv = parseContainer(c);
   assert.equal(inv.kind, 'agent', `the calico overlay's args parse: ${inv.kind === 'exit' ? inv.output : ''}`);
   const config = inv.config;
+  const initInvConfig = (): Config => {
+    const i = parseContainer(initContainer(ds));
+    assert.equal(i.kind, 'init', i.kind === 'exit' ? i.output : '');
+    return i.config;
+  };
 
   test('the args the DaemonSet passes are accepted by the real CLI parser, with the expected configuration', () => {
     assert.equal(config.nodeName, NODE.name, 'NODE_NAME from spec.nodeName');
     assert.equal(config.hostIp, NODE.hostIP, 'HOST_IP from status.hostIP');
+    assert.equal(config.hostIpv6, undefined, 'an IPv4-only node has no IPv6 address to listen on');
+    assert.equal(config.intercept, 'auto', 'the eBPF socket redirect where the kernel allows it, plus the iptables rules');
     assert.equal(config.iptables, true);
+    assert.equal(config.ebpf, true);
+    assert.equal(config.bpffs, '/sys/fs/bpf');
+    assert.equal(config.cgroupRoot, undefined, 'the default: /sys/fs/cgroup where it is cgroup2, else the fallback init mounts');
     assert.deepEqual(config.hostInterfaces, ['cali+']);
     assert.equal(config.iptablesBackend, 'auto');
     assert.equal(config.roleBaseArnAutodetect, true, 'role names resolve against the node’s own account');
@@ -306,10 +477,41 @@ describe('the agent DaemonSet', () => {
     assert.equal(c.args?.[3], '--role-base-arn-autodetect', 'args/3');
   });
 
-  test('NODE_NAME and HOST_IP come from the downward API', () => {
+  test('NODE_NAME, HOST_IP and HOST_IPS come from the downward API', () => {
     const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]));
     assert.equal(env.NODE_NAME, 'spec.nodeName');
     assert.equal(env.HOST_IP, 'status.hostIP');
+    // The downward API cannot pick "the IPv6 address": status.hostIPs gives all of them, comma-separated.
+    assert.equal(env.HOST_IPS, 'status.hostIPs');
+    assert.ok(!c.args?.some((a) => a.startsWith('--host-ipv6')), 'no --host-ipv6=$(…): it would be empty on an IPv4-only node');
+  });
+
+  test('on a dual-stack node the agent and kiam init take the IPv6 address from HOST_IPS (status.hostIPs)', () => {
+    for (const ctr of [c, initContainer(ds)]) {
+      const dual = parseContainer(ctr, DUAL_STACK_NODE);
+      assert.ok(dual.kind === 'agent' || dual.kind === 'init', `${ctr.name}: ${dual.kind === 'exit' ? dual.output : dual.kind}`);
+      assert.equal(dual.config.hostIp, '10.0.1.23', `${ctr.name}: the IPv4 address stays --host-ip`);
+      assert.equal(dual.config.hostIpv6, '2001:db8:0:1::23', `${ctr.name}: the IPv6 entry of HOST_IPS becomes --host-ipv6`);
+    }
+  });
+
+  test('the init container runs `kiam init` with the agent’s interception flags, privileged, from the same image', () => {
+    const init = initContainer(ds);
+    assert.deepEqual(pod.initContainers?.map((x) => x.name), ['init'], 'one init container');
+    const initInv = parseContainer(init);
+    assert.equal(initInv.kind, 'init', initInv.kind === 'exit' ? initInv.output : '');
+    assert.deepEqual(interception(initInv.config), interception(config), 'the same pins, cgroup, addresses, port and interfaces');
+    assert.equal(initInv.config.intercept, 'auto');
+    assert.equal(init.image, c.image);
+    assert.equal(init.imagePullPolicy, c.imagePullPolicy);
+    // mount(2) needs CAP_SYS_ADMIN past the runtime's seccomp and AppArmor defaults, and Bidirectional mount
+    // propagation is only allowed to privileged containers.
+    const sc = init.securityContext ?? {};
+    assert.equal(sc.privileged, true);
+    assert.notEqual(sc.allowPrivilegeEscalation, false, 'the API refuses privileged with allowPrivilegeEscalation: false');
+    assert.equal(sc.runAsUser, 0);
+    assert.equal(sc.readOnlyRootFilesystem, true, 'it writes only to its host paths');
+    assert.ok(init.resources?.requests?.memory && init.resources.limits?.memory, 'init has memory requests and limits');
   });
 
   test('hostNetwork, with cluster DNS, no host PID or IPC', () => {
@@ -320,10 +522,15 @@ describe('the agent DaemonSet', () => {
     assert.equal(pod.automountServiceAccountToken, true, 'the agent needs its token to watch pods');
   });
 
-  test('root in the container with only NET_ADMIN and NET_RAW, no escalation, read-only root, RuntimeDefault seccomp', () => {
+  test('root in the container with only the measured capabilities, no escalation, read-only root, RuntimeDefault seccomp', () => {
     const sc = c.securityContext ?? {};
     assert.deepEqual(sc.capabilities?.drop, ['ALL']);
-    assert.deepEqual([...(sc.capabilities?.add ?? [])].sort(), ['NET_ADMIN', 'NET_RAW']);
+    assert.deepEqual([...(sc.capabilities?.add ?? [])].sort(), MEASURED_AGENT_CAPABILITIES);
+    // deploy/README.md gives the measurement and states the same set.
+    const readme = readFileSync(join(ROOT, 'deploy/README.md'), 'utf8');
+    const stated = /^\*\*The agent's capabilities:\*\* (.+)$/m.exec(readme);
+    assert.ok(stated, 'deploy/README.md states the agent’s capabilities');
+    assert.deepEqual([...stated[1]!.matchAll(/`([A-Z_]+)`/g)].map((m) => m[1]).sort(), MEASURED_AGENT_CAPABILITIES);
     assert.equal(sc.privileged, false);
     assert.equal(sc.allowPrivilegeEscalation, false);
     assert.equal(sc.readOnlyRootFilesystem, true);
@@ -335,12 +542,55 @@ describe('the agent DaemonSet', () => {
     assert.equal(sc.runAsNonRoot, false);
   });
 
-  test('the node’s xtables lock is mounted (iptables-legacy locks it; the root filesystem is read-only)', () => {
-    const mount = c.volumeMounts?.find((m) => m.mountPath === '/run/xtables.lock');
-    assert.ok(mount, 'mounted at /run/xtables.lock');
-    const volume = pod.volumes?.find((v) => v.name === mount.name);
-    assert.deepEqual(volume?.hostPath, { path: '/run/xtables.lock', type: 'FileOrCreate' });
-    assert.deepEqual(pod.volumes?.map((v) => v.name), [mount.name], 'no other host path');
+  test('the node’s xtables lock is mounted in both containers (iptables-legacy locks it; the root filesystem is read-only)', () => {
+    for (const ctr of [c, initContainer(ds)]) {
+      const lock = hostMount(pod, ctr, '/run/xtables.lock');
+      assert.equal(lock.hostPath, '/run/xtables.lock');
+      assert.equal(lock.type, 'FileOrCreate');
+      assert.notEqual(lock.readOnly, true);
+    }
+  });
+
+  test('host paths: exactly the xtables lock, the bpffs, the cgroup filesystem and /run/kiam', () => {
+    assert.deepEqual(
+      (pod.volumes ?? []).map((v) => `${v.hostPath?.path} ${v.hostPath?.type}`).sort(),
+      ['/run/kiam DirectoryOrCreate', '/run/xtables.lock FileOrCreate', '/sys/fs/bpf DirectoryOrCreate', '/sys/fs/cgroup Directory'],
+    );
+  });
+
+  test('bpffs at --bpffs: init may mount one there (Bidirectional, so it reaches the node), the agent re-pins into it', () => {
+    const initBpf = hostMount(pod, initContainer(ds), config.bpffs);
+    assert.equal(initBpf.hostPath, '/sys/fs/bpf');
+    assert.equal(initBpf.mountPropagation, 'Bidirectional');
+    assert.notEqual(initBpf.readOnly, true);
+    const agentBpf = hostMount(pod, c, config.bpffs);
+    assert.equal(agentBpf.hostPath, '/sys/fs/bpf');
+    assert.notEqual(agentBpf.readOnly, true, 'writable: the agent loads and pins the programs again when their pins are gone');
+    assert.equal(agentBpf.mountPropagation, 'HostToContainer', 'a bpffs init mounted on the node shows in the agent');
+  });
+
+  test('the cgroup root resolves to the node’s cgroup2, the same in init and agent, on cgroup v2 and v1/hybrid nodes', () => {
+    // Both containers leave --cgroup-root to its default, and see the same mounts, so they resolve it alike:
+    // cgroup v2 node, /sys/fs/cgroup is cgroup2 → attach there; cgroup v1 or hybrid node, it is a tmpfs → the
+    // fallback, where init mounts cgroup2, under /run/kiam.
+    assert.equal(resolveCgroupRoot(undefined, [{ mountPoint: '/', fsType: 'overlay' }, { mountPoint: DEFAULT_CGROUP_ROOT, fsType: 'cgroup2' }]), DEFAULT_CGROUP_ROOT);
+    assert.equal(resolveCgroupRoot(undefined, [{ mountPoint: '/', fsType: 'overlay' }, { mountPoint: DEFAULT_CGROUP_ROOT, fsType: 'tmpfs' }]), FALLBACK_CGROUP_ROOT);
+    assert.equal(initInvConfig().cgroupRoot, config.cgroupRoot);
+    for (const ctr of [initContainer(ds), c]) {
+      // The node's /sys/fs/cgroup is mounted over the container's own (a cgroup namespace would show only the
+      // container's cgroup there), read-only: attaching needs only a read-only descriptor of the directory.
+      const cg = hostMount(pod, ctr, DEFAULT_CGROUP_ROOT);
+      assert.equal(cg.hostPath, '/sys/fs/cgroup', ctr.name);
+      assert.equal(cg.readOnly, true, ctr.name);
+      const run = hostMount(pod, ctr, dirname(FALLBACK_CGROUP_ROOT));
+      assert.equal(run.hostPath, dirname(FALLBACK_CGROUP_ROOT), ctr.name);
+    }
+    const initRun = hostMount(pod, initContainer(ds), dirname(FALLBACK_CGROUP_ROOT));
+    assert.equal(initRun.mountPropagation, 'Bidirectional', 'the cgroup2 init mounts there reaches the node');
+    assert.notEqual(initRun.readOnly, true);
+    const agentRun = hostMount(pod, c, dirname(FALLBACK_CGROUP_ROOT));
+    assert.equal(agentRun.mountPropagation, 'HostToContainer', 'and the agent');
+    assert.equal(agentRun.readOnly, true, 'the agent only reads it by path');
   });
 
   test('metadata and metrics ports are the ones the agent listens on; probes and Prometheus use the metrics port', () => {
@@ -413,40 +663,137 @@ describe('the agent DaemonSet', () => {
 describe('overlays', () => {
   const base = agentDaemonSet(render('deploy'));
 
-  test('the base alone is refused by the agent: the placeholder interface is no pattern (exit 2)', () => {
-    const inv = parseContainer(agentContainer(base));
-    assert.equal(inv.kind, 'exit');
-    assert.equal(inv.kind === 'exit' && inv.code, 2);
-    assert.match(inv.kind === 'exit' ? inv.output : '', /--host-interface: host interface "<CNI-overlay>"/);
+  test('the base alone is refused by the agent and by kiam init: the placeholder interface is no pattern (exit 2)', () => {
+    for (const ctr of [agentContainer(base), initContainer(base)]) {
+      const inv = parseContainer(ctr);
+      assert.equal(inv.kind, 'exit', ctr.name);
+      assert.equal(inv.kind === 'exit' && inv.code, 2);
+      assert.match(inv.kind === 'exit' ? inv.output : '', /--host-interface: host interface "<CNI-overlay>"/);
+    }
   });
 
+  /** Put the base's KIAM_HOST_INTERFACE placeholder back into every container of the render. */
+  const revertInterface = (objects: K8sObject[]): K8sObject[] => {
+    const placeholder = agentContainer(base).env!.find((e) => e.name === 'KIAM_HOST_INTERFACE')!.value;
+    const reverted = structuredClone(objects);
+    for (const o of reverted.filter((x) => x.kind === 'DaemonSet') as DaemonSet[]) {
+      for (const ctr of [...(o.spec.template.spec.initContainers ?? []), ...o.spec.template.spec.containers]) {
+        const env = ctr.env?.find((e) => e.name === 'KIAM_HOST_INTERFACE');
+        if (env) env.value = placeholder;
+      }
+    }
+    return reverted;
+  };
+  // (A strategic merge moves the patched env entry first; env order only matters for $(VAR) references between
+  // env entries, and these have none.)
+  const sortEnv = (objs: K8sObject[]) => {
+    for (const o of objs.filter((x) => x.kind === 'DaemonSet') as DaemonSet[]) {
+      for (const ctr of [...(o.spec.template.spec.initContainers ?? []), ...o.spec.template.spec.containers]) {
+        ctr.env?.sort((a, b) => a.name.localeCompare(b.name));
+      }
+    }
+    return objs;
+  };
+
   for (const [name, iface] of Object.entries(OVERLAYS)) {
-    test(`${name}: --host-interface ${iface}, and nothing else differs from the base`, () => {
+    const special = SPECIAL_OVERLAYS.has(name);
+    test(`${name}: --host-interface ${iface} for kiam init and the agent${special ? '' : ', and nothing else differs from the base'}`, () => {
       const objects = render(`deploy/overlays/${name}`);
       const ds = agentDaemonSet(objects);
       const inv = parseContainer(agentContainer(ds));
       assert.equal(inv.kind, 'agent', inv.kind === 'exit' ? inv.output : '');
       assert.deepEqual(inv.kind === 'agent' && inv.config.hostInterfaces, [iface]);
-      // Put the base's placeholder back: the overlay must then be the base, object for object.
-      const reverted = structuredClone(objects);
-      const env = agentContainer(agentDaemonSet(reverted)).env!.find((e) => e.name === 'KIAM_HOST_INTERFACE')!;
-      env.value = agentContainer(base).env!.find((e) => e.name === 'KIAM_HOST_INTERFACE')!.value;
-      // (A strategic merge moves the patched env entry first; env order only matters for $(VAR) references
-      // between env entries, and these have none.)
-      const sortEnv = (objs: K8sObject[]) => {
-        for (const o of objs.filter((x) => x.kind === 'DaemonSet') as DaemonSet[]) {
-          for (const ctr of o.spec.template.spec.containers) ctr.env?.sort((a, b) => a.name.localeCompare(b.name));
-        }
-        return objs;
-      };
-      assert.deepEqual(sortEnv(reverted), sortEnv(structuredClone(render('deploy'))));
+      if (special) return; // checked in its own describe below
+      const init = parseContainer(initContainer(ds));
+      assert.equal(init.kind, 'init', init.kind === 'exit' ? init.output : '');
+      assert.deepEqual(init.kind === 'init' && init.config.hostInterfaces, [iface]);
+      // With the base's placeholder back, the overlay must be the base, object for object.
+      assert.deepEqual(sortEnv(revertInterface(objects)), sortEnv(structuredClone(render('deploy'))));
     });
   }
 
-  test('cilium: its overlay warns that eBPF host routing bypasses netfilter', () => {
+  test('cilium: kiam’s eBPF redirect holds with eBPF host routing; the overlay says when hostLegacyRouting is still needed', () => {
     const text = readFileSync(join(ROOT, 'deploy/overlays/cilium/kustomization.yaml'), 'utf8');
     assert.match(text, /eBPF host routing/);
+    assert.match(text, /No bpf\.hostLegacyRouting needed/);
+    assert.match(text, /falls back to\s+(#\s+)?the iptables rules alone/, 'the fallback case, where it is still needed, is noted');
     assert.match(text, /bpf\.hostLegacyRouting=true/);
+    const ds = agentDaemonSet(render('deploy/overlays/cilium'));
+    const inv = parseContainer(agentContainer(ds));
+    assert.equal(inv.kind === 'agent' && inv.config.intercept, 'auto');
+    assert.equal(initContainer(ds).securityContext?.privileged, true, 'with its init container');
+  });
+});
+
+describe('cilium-lrp: Cilium’s Local Redirect Policy instead of kiam’s interception', () => {
+  const objects = render('deploy/overlays/cilium-lrp');
+  const ds = agentDaemonSet(objects);
+  const pod = ds.spec.template.spec;
+  const c = agentContainer(ds);
+  const lrp = find<LocalRedirectPolicy>(objects, 'CiliumLocalRedirectPolicy', 'kiam-metadata');
+  const inv = parseContainer(c);
+  assert.equal(inv.kind, 'agent', inv.kind === 'exit' ? inv.output : '');
+  const config = inv.config;
+
+  test('the policy redirects TCP 169.254.169.254:80 to the kiam pods of its namespace, on the port the agent listens on', () => {
+    assert.equal(lrp.apiVersion, 'cilium.io/v2');
+    assert.equal(lrp.metadata.namespace, ds.metadata.namespace, 'an LRP selects backends in its own namespace only');
+    assert.deepEqual(lrp.spec.redirectFrontend, { addressMatcher: { ip: '169.254.169.254', toPorts: [{ port: '80', protocol: 'TCP' }] } });
+    const selector = lrp.spec.redirectBackend.localEndpointSelector.matchLabels ?? {};
+    for (const [k, v] of Object.entries(selector)) assert.equal(ds.spec.template.metadata.labels?.[k], v, `the agent pods carry ${k}=${v}`);
+    assert.deepEqual(selector, ds.spec.selector.matchLabels, 'the DaemonSet’s own selector: its pods and nothing else');
+    assert.deepEqual(lrp.spec.redirectBackend.toPorts, [{ port: String(config.port), protocol: 'TCP' }]);
+  });
+
+  test('the backend port is a declared containerPort of the agent (Cilium 1.18+ ignores backends without one)', () => {
+    const declared = (c.ports ?? []).find((p) => p.containerPort === config.port);
+    assert.ok(declared, `containerPort ${config.port} declared`);
+    assert.equal(declared.protocol ?? 'TCP', 'TCP');
+  });
+
+  test('skipRedirectFromBackend: the agent’s own calls to the real metadata service are not sent back to it', () => {
+    assert.equal(lrp.spec.skipRedirectFromBackend, true);
+    assert.equal(config.metadataEndpoint, 'http://169.254.169.254');
+    assert.equal(pod.hostNetwork, true, 'the backend address is the node’s, where the agent listens');
+    assert.equal(config.hostIp, NODE.hostIP, 'the agent listens on HOST_IP');
+  });
+
+  test('the agent has no interception of its own: no init container, no host paths, no capabilities, not root', () => {
+    assert.equal(config.intercept, 'none');
+    assert.equal(config.iptables, false);
+    assert.equal(config.ebpf, false);
+    assert.equal(pod.initContainers, undefined);
+    assert.equal(pod.volumes, undefined);
+    assert.equal(c.volumeMounts, undefined);
+    assert.deepEqual(c.securityContext?.capabilities, { drop: ['ALL'] });
+    assert.equal(c.securityContext?.runAsNonRoot, true);
+    assert.equal(c.securityContext?.runAsUser, undefined, 'the image’s own uid 1000');
+    assert.equal(c.securityContext?.allowPrivilegeEscalation, false);
+    assert.equal(c.securityContext?.readOnlyRootFilesystem, true);
+  });
+
+  test('apart from that it is the cilium overlay, object for object', () => {
+    const cilium = render('deploy/overlays/cilium');
+    const ciliumDs = agentDaemonSet(cilium);
+    const reverted = structuredClone(objects.filter((o) => o.kind !== 'CiliumLocalRedirectPolicy'));
+    const rds = agentDaemonSet(reverted);
+    const rc = agentContainer(rds);
+    const cc = agentContainer(ciliumDs);
+    assert.equal(rc.args?.[1], '--intercept=none');
+    assert.equal(cc.args?.[1], '--intercept=auto');
+    rc.args![1] = cc.args![1]!;
+    rc.securityContext = cc.securityContext;
+    rc.volumeMounts = cc.volumeMounts;
+    rds.spec.template.spec.volumes = ciliumDs.spec.template.spec.volumes;
+    rds.spec.template.spec.initContainers = ciliumDs.spec.template.spec.initContainers;
+    assert.deepEqual(reverted, cilium);
+  });
+
+  test('its kustomization says what Cilium needs and names the known breakages', () => {
+    const text = readFileSync(join(ROOT, 'deploy/overlays/cilium-lrp/kustomization.yaml'), 'utf8');
+    assert.match(text, /kube-proxy replacement/);
+    assert.match(text, /localRedirectPolicies\.enabled=true/);
+    for (const issue of ['#40450', '#36740', '#42751']) assert.ok(text.includes(issue), issue);
   });
 });
 
@@ -458,7 +805,7 @@ describe('clean-up', () => {
     find(objects, 'Namespace', 'kiam');
   });
 
-  test('runs `kiam iptables remove` on every node with the agent’s network privileges and no API access', () => {
+  test('runs `kiam intercept remove` (eBPF and iptables) on every node, on the agent’s host paths, with no API access', () => {
     const ds = find<DaemonSet>(objects, 'DaemonSet', 'kiam-cleanup');
     const pod = ds.spec.template.spec;
     assert.equal(pod.hostNetwork, true);
@@ -467,11 +814,27 @@ describe('clean-up', () => {
     const remove = pod.initContainers?.find((x) => x.name === 'remove');
     assert.ok(remove);
     const inv = parseContainer(remove);
-    assert.equal(inv.kind, 'iptables', inv.kind === 'exit' ? inv.output : '');
-    assert.equal(inv.kind === 'iptables' && inv.action, 'remove');
-    const agent = agentContainer(agentDaemonSet(render('deploy/overlays/calico')));
-    assert.deepEqual(remove.securityContext, agent.securityContext, 'the same privileges as the agent, no more');
-    assert.deepEqual(remove.volumeMounts, agent.volumeMounts);
+    assert.equal(inv.kind, 'intercept', inv.kind === 'exit' ? inv.output : '');
+    assert.ok(inv.kind === 'intercept');
+    assert.equal(inv.action, 'remove');
+    assert.equal(inv.config.intercept, 'auto', 'both halves');
+    const agentDs = agentDaemonSet(render('deploy/overlays/calico'));
+    const agent = agentContainer(agentDs);
+    const agentInv = parseContainer(agent);
+    assert.ok(agentInv.kind === 'agent');
+    assert.equal(inv.config.bpffs, agentInv.config.bpffs, 'the agent’s pins');
+    assert.equal(inv.config.cgroupRoot, agentInv.config.cgroupRoot, 'the agent’s cgroup');
+    // The agent's host paths, at the same places.
+    for (const m of agent.volumeMounts ?? []) {
+      const theirs = hostMount(agentDs.spec.template.spec, agent, m.mountPath);
+      const ours = hostMount(pod, remove, m.mountPath);
+      assert.equal(ours.hostPath, theirs.hostPath, m.mountPath);
+      assert.equal(ours.type, theirs.type, m.mountPath);
+    }
+    // Privileged: without CAP_SYS_ADMIN bpftool does not see what is attached (measured: the removal then reports
+    // success and leaves the programs attached), and AppArmor's default profile forbids deleting pins in /sys/fs/bpf.
+    assert.equal(remove.securityContext?.privileged, true);
+    assert.equal(remove.securityContext?.readOnlyRootFilesystem, true);
     // The container that keeps the pod Running has nothing.
     for (const ctr of pod.containers) {
       assert.deepEqual(ctr.securityContext?.capabilities, { drop: ['ALL'] });
@@ -486,23 +849,33 @@ describe('psp.yaml (clusters < 1.25) admits exactly what the DaemonSets ask for'
   const psp = find<K8sObject & { spec: Record<string, any> }>(objects, 'PodSecurityPolicy', 'kiam').spec;
   const daemonSets = [agentDaemonSet(render('deploy/overlays/calico')), find<DaemonSet>(render('deploy/cleanup'), 'DaemonSet', 'kiam-cleanup')];
 
-  test('capabilities, escalation, root filesystem, host network and ports, host paths', () => {
-    assert.equal(psp.privileged, false);
-    assert.equal(psp.allowPrivilegeEscalation, false);
+  test('privileged init containers, capabilities, escalation, root filesystem, host network and ports, host paths', () => {
+    // Privileged: for kiam init and the clean-up's remove. The agent itself is not.
+    assert.equal(psp.privileged, true);
+    assert.equal(psp.allowPrivilegeEscalation, true);
+    assert.equal(psp.defaultAllowPrivilegeEscalation, false, 'containers that do not ask get no escalation');
     assert.deepEqual(psp.requiredDropCapabilities, ['ALL']);
+    assert.deepEqual([...psp.allowedCapabilities].sort(), MEASURED_AGENT_CAPABILITIES, 'exactly the agent’s measured set');
     assert.equal(psp.readOnlyRootFilesystem, true);
     for (const ds of daemonSets) {
       const pod = ds.spec.template.spec;
       assert.equal(psp.hostNetwork, pod.hostNetwork);
       for (const ctr of [...(pod.initContainers ?? []), ...pod.containers]) {
-        for (const cap of ctr.securityContext?.capabilities?.add ?? []) assert.ok(psp.allowedCapabilities.includes(cap), `${cap} allowed`);
-        assert.equal(ctr.securityContext?.readOnlyRootFilesystem, true);
+        const sc = ctr.securityContext ?? {};
+        for (const cap of sc.capabilities?.add ?? []) assert.ok(psp.allowedCapabilities.includes(cap), `${cap} allowed`);
+        if (sc.privileged) assert.notEqual(sc.allowPrivilegeEscalation, false, `${ctr.name}: privileged needs escalation allowed`);
+        else assert.equal(sc.allowPrivilegeEscalation, false, `${ctr.name}: no escalation unless privileged`);
+        assert.equal(sc.readOnlyRootFilesystem, true);
         for (const p of ctr.ports ?? []) {
           assert.ok(psp.hostPorts.some((r: { min: number; max: number }) => r.min <= p.containerPort && p.containerPort <= r.max), `host port ${p.containerPort}`);
         }
-      }
-      for (const v of pod.volumes ?? []) {
-        if (v.hostPath) assert.ok(psp.allowedHostPaths.some((a: { pathPrefix: string }) => v.hostPath!.path.startsWith(a.pathPrefix)), v.hostPath.path);
+        for (const m of ctr.volumeMounts ?? []) {
+          const v = pod.volumes?.find((x) => x.name === m.name);
+          if (!v?.hostPath) continue;
+          const allowed = (psp.allowedHostPaths as Array<{ pathPrefix: string; readOnly?: boolean }>).find((a) => v.hostPath!.path.startsWith(a.pathPrefix));
+          assert.ok(allowed, v.hostPath.path);
+          if (allowed.readOnly) assert.equal(m.readOnly, true, `${ctr.name}: ${m.mountPath} must be read-only under the PSP`);
+        }
       }
       assert.ok(psp.volumes.includes('hostPath') && psp.volumes.includes('projected'), 'hostPath and the projected token volume');
     }

@@ -1,7 +1,8 @@
 /**
  * The container image, checked without a Docker engine (none exists on these machines): the Dockerfile's stages
- * and base images, a reproducible `npm ci`, build inputs that the build context really holds, a runtime stage
- * that copies only what `npm run build` produces and needs no node_modules, the entrypoint, and the user.
+ * and base images, a reproducible `npm ci`, build inputs that the build context really holds, the eBPF toolchain
+ * in the build stage and bpftool in the runtime stage, a runtime stage that copies only what `npm run build`
+ * produces (the eBPF object beside the bundle) and needs no node_modules, the entrypoint, and the user.
  * hadolint is not installable here (not packaged by Debian, and its releases come from outside the registries
  * these machines reach), so the checks it would make that matter to this image are made below.
  */
@@ -69,8 +70,32 @@ describe('Dockerfile: stages and base images', () => {
   });
 });
 
+/** The packages of the stage's `apt-get install` (one per stage), with its flags; asserts the lists are dropped. */
+function aptInstall(s: Stage): { packages: string[]; flags: string[] } {
+  const cmds = runs(s).join(' && ');
+  const installs = [...cmds.matchAll(/apt-get install ([^&;]*)/g)];
+  assert.equal(installs.length, 1, `${s.name}: one apt-get install`);
+  const words = installs[0]![1]!.trim().split(/\s+/);
+  assert.match(cmds, /apt-get update/);
+  assert.match(cmds, /rm -rf \/var\/lib\/apt\/lists\/\*/, `${s.name}: the apt lists are dropped`);
+  return { packages: words.filter((w) => !w.startsWith('-')).sort(), flags: words.filter((w) => w.startsWith('-')) };
+}
+
 describe('Dockerfile: build stage', () => {
   const build = stage('build');
+
+  test('installs clang and libbpf-dev (for the eBPF object), without recommends, before npm run build', () => {
+    const { packages, flags } = aptInstall(build);
+    assert.deepEqual(packages, ['clang', 'libbpf-dev']);
+    assert.ok(flags.includes('--no-install-recommends') && flags.includes('-y'));
+    const cmds = runs(build);
+    const apt = cmds.findIndex((c) => /apt-get install/.test(c));
+    const bundle = cmds.findIndex((c) => /\bnpm run build\b/.test(c));
+    assert.ok(apt >= 0 && apt < bundle, 'the compiler is there when npm run build runs');
+    // scripts/build.mjs only warns when clang is missing (outside CI): the image build must fail instead.
+    assert.match(cmds[bundle]!, /npm run build && test -s dist\/kiam\.bpf\.o$/);
+    assert.match(readFileSync(join(ROOT, 'scripts/build.mjs'), 'utf8'), /'-target', 'bpf'[\s\S]*'dist\/kiam\.bpf\.o'/, 'the build compiles the object there');
+  });
 
   test('installs from package-lock.json with npm ci (never npm install), then runs npm run build', () => {
     const cmds = runs(build);
@@ -105,19 +130,15 @@ describe('Dockerfile: build stage', () => {
 describe('Dockerfile: runtime stage', () => {
   const runtime = stage('runtime');
 
-  test('installs exactly iptables and conntrack, without recommends, and drops the apt lists', () => {
-    const cmds = runs(runtime).join(' && ');
-    const installs = [...cmds.matchAll(/apt-get install ([^&;]*)/g)];
-    assert.equal(installs.length, 1, 'one apt-get install');
-    const words = installs[0]![1]!.trim().split(/\s+/);
-    assert.ok(words.includes('--no-install-recommends'), 'apt-get install --no-install-recommends');
-    assert.ok(words.includes('-y'), 'non-interactive');
-    assert.deepEqual(words.filter((w) => !w.startsWith('-')).sort(), ['conntrack', 'iptables']);
-    assert.match(cmds, /apt-get update/);
-    assert.match(cmds, /rm -rf \/var\/lib\/apt\/lists\/\*/);
+  test('installs exactly iptables, conntrack and bpftool, without recommends, and drops the apt lists', () => {
+    const { packages, flags } = aptInstall(runtime);
+    assert.ok(flags.includes('--no-install-recommends'), 'apt-get install --no-install-recommends');
+    assert.ok(flags.includes('-y'), 'non-interactive');
+    // bpftool: the agent loads, attaches and reads the eBPF socket redirect by spawning it (Debian's package).
+    assert.deepEqual(packages, ['bpftool', 'conntrack', 'iptables']);
   });
 
-  test('takes only build output from the build stage: dist/kiam.mjs and its map, bin/kiam.mjs, package.json; no node_modules', () => {
+  test('takes only build output from the build stage: dist/kiam.mjs, its map and kiam.bpf.o, bin/kiam.mjs, package.json; no node_modules', () => {
     const build = stage('build');
     const buildDir = workdir(build);
     const shipped = copies(runtime);
@@ -132,13 +153,29 @@ describe('Dockerfile: runtime stage', () => {
         files.set(resolveDest(runtime, c.dest, src), rel);
       }
     }
-    assert.deepEqual([...files.values()].sort(), ['bin/kiam.mjs', 'dist/kiam.mjs', 'dist/kiam.mjs.map', 'package.json']);
+    assert.deepEqual([...files.values()].sort(), ['bin/kiam.mjs', 'dist/kiam.bpf.o', 'dist/kiam.mjs', 'dist/kiam.mjs.map', 'package.json']);
     for (const rel of files.values()) {
       // dist/ is produced by `npm run build` (npm ci runs it too, through the prepare script).
       assert.ok(existsSync(join(ROOT, rel)), `${rel} exists after npm run build (run it if dist/ is missing)`);
     }
     // Same layout under /app as in the repository, so bin/kiam.mjs finds ../dist/kiam.mjs.
     for (const [imagePath, rel] of files) assert.equal(imagePath, `/app/${rel}`);
+  });
+
+  test('the eBPF object lands beside the bundle, where the bundle looks for it, and is a BPF ELF object', () => {
+    const shipped = copies(runtime).flatMap((c) => c.sources.map((src) => resolveDest(runtime, c.dest, src)));
+    const object = shipped.find((f) => f.endsWith('/kiam.bpf.o'));
+    const bundle = shipped.find((f) => f.endsWith('/dist/kiam.mjs'));
+    assert.ok(object && bundle);
+    assert.equal(posix.dirname(object), posix.dirname(bundle), 'dist/kiam.bpf.o next to dist/kiam.mjs');
+    // src/intercept.ts resolves it as new URL('./kiam.bpf.o', import.meta.url): relative to the bundle.
+    assert.match(readFileSync(join(ROOT, 'dist/kiam.mjs'), 'utf8'), /new URL\("\.\/kiam\.bpf\.o",\s*import\.meta\.url\)/);
+    // ELF (\x7fELF), 64-bit, little-endian (amd64 and arm64 nodes), e_machine EM_BPF (247).
+    const head = readFileSync(join(ROOT, 'dist/kiam.bpf.o')).subarray(0, 20);
+    assert.deepEqual([...head.subarray(0, 4)], [0x7f, 0x45, 0x4c, 0x46]);
+    assert.equal(head[4], 2, 'ELFCLASS64');
+    assert.equal(head[5], 1, 'ELFDATA2LSB');
+    assert.equal(head.readUInt16LE(18), 247, 'EM_BPF');
   });
 
   test('ENTRYPOINT is exec form: node, then the shipped bin/kiam.mjs; CMD is a harmless default', () => {

@@ -494,7 +494,7 @@ describe('checkSupport', () => {
     const s = checkSupport({ ...rest, bpftoolError: 'bpftool is not installed' });
     assert.equal(s.ok, false);
     assert.deepEqual(s.missing, [
-      'bpftool cannot run: bpftool is not installed; install bpftool and give the agent CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or CAP_SYS_ADMIN)',
+      'bpftool cannot run: bpftool is not installed; install bpftool and give the agent CAP_SYS_ADMIN and CAP_NET_ADMIN',
     ]);
   });
 

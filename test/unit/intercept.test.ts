@@ -11,10 +11,10 @@ import { Writable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { pino } from 'pino';
 import { buildConfig, type RawOptions } from '../../src/config.ts';
-import { buildInterception, planEbpf, renderInterceptReport, runInterceptCommand, type InterceptDeps } from '../../src/intercept.ts';
+import { buildInterception, installInterception, planEbpf, renderInterceptReport, runInterceptCommand, type InterceptDeps } from '../../src/intercept.ts';
 import { createMetrics } from '../../src/metrics.ts';
 import type { MountInfo } from '../../src/netfilter/ebpf/plan.ts';
-import { ensureMount, probeSupport, resolveCgroupRoot, type NodeFacts } from '../../src/netfilter/ebpf/support.ts';
+import { ensureMount, parseCapEff, probeSupport, resolveCgroupRoot, type NodeFacts } from '../../src/netfilter/ebpf/support.ts';
 import type { CommandResult, CommandRunner, RunOptions } from '../../src/netfilter/exec.ts';
 import * as captured from '../fakes/bpftool-output.ts';
 import { FEATURES, FIXTURE_BPFFS, FIXTURE_CGROUP, FIXTURE_ROOT, IDS, withAttached, withConfig } from '../fakes/bpftool-output.ts';
@@ -25,6 +25,9 @@ import { savedBackstop, savedInstalled } from '../fakes/iptables-save.ts';
 const OBJECT = '/opt/kiam/kiam.bpf.o';
 const FEATURE_PROBE = ['bpftool', '-j', 'feature', 'probe', 'kernel'];
 const FEATURES_OK = { stdout: JSON.stringify(FEATURES) };
+/** What the agent and `kiam intercept` run instead of the feature probe, which needs capabilities only `kiam init` has. */
+const BPFTOOL_VERSION = ['bpftool', 'version'];
+const VERSION_OK = { stdout: 'bpftool v7.1.0\nusing libbpf v1.1\n' };
 
 /** A node with cgroup2 and bpffs where the captures were made, on a recent kernel. */
 const SUPPORTED: MountInfo[] = [
@@ -114,7 +117,7 @@ function expectInstallInSync(runner: NodeRunner): void {
 describe('kiam intercept install', () => {
   test('auto on a node without eBPF support: the redirect is not active, says why, and the iptables rules go in', async () => {
     const h = setup(UNSUPPORTED, '4.19.0-26-amd64');
-    h.runner.bpf.expect(FEATURE_PROBE, FEATURES_OK);
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
     const { report, code } = await runInterceptCommand('install', intercept(AUTO_FLAGS), h.deps);
     h.runner.bpf.script.assertDone();
     assert.equal(code, 0, 'auto without eBPF is not a failure');
@@ -140,7 +143,7 @@ describe('kiam intercept install', () => {
 
   test('ebpf on a node without support: throws with the reason, runs nothing else', async () => {
     const h = setup(UNSUPPORTED, '4.19.0-26-amd64');
-    h.runner.bpf.expect(FEATURE_PROBE, { code: 127, stderr: 'spawn bpftool ENOENT' });
+    h.runner.bpf.expect(BPFTOOL_VERSION, { code: 127, stderr: 'spawn bpftool ENOENT' });
     await assert.rejects(
       runInterceptCommand('install', intercept({ ...EBPF_FLAGS, cgroupRoot: undefined, bpffs: undefined }), h.deps),
       (err: Error) => {
@@ -155,7 +158,7 @@ describe('kiam intercept install', () => {
 
   test('ebpf on a supported node: installs (interception kept on, the cookie re-learned) and reports what is attached', async () => {
     const h = setup(SUPPORTED);
-    h.runner.bpf.expect(FEATURE_PROBE, FEATURES_OK);
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
     expectInstallInSync(h.runner);
     h.runner.bpf.expect(READ, captured.foreign);
     const { report, code } = await runInterceptCommand('install', intercept(EBPF_FLAGS), h.deps);
@@ -292,7 +295,7 @@ describe('buildInterception and planEbpf (the agent)', () => {
 
   test('auto on a supported node: eBPF first, then iptables', async () => {
     const h = setup(SUPPORTED);
-    h.runner.bpf.expect(FEATURE_PROBE, FEATURES_OK);
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
     const config = buildConfig({ nodeName: 'n', ...AUTO_FLAGS, intercept: 'auto', iptablesBackend: 'nft', cgroupRoot: FIXTURE_CGROUP, bpffs: FIXTURE_BPFFS }, {});
     const result = await buildInterception(config, h.deps);
     assert.deepEqual(result.interceptors.map((i) => i.kind), ['ebpf', 'iptables']);
@@ -303,7 +306,7 @@ describe('buildInterception and planEbpf (the agent)', () => {
 
   test('auto on an unsupported node: iptables alone, and the plan says why', async () => {
     const h = setup(UNSUPPORTED);
-    h.runner.bpf.expect(FEATURE_PROBE, FEATURES_OK);
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
     const config = buildConfig({ nodeName: 'n', ...AUTO_FLAGS, intercept: 'auto', iptablesBackend: 'nft' }, {});
     const result = await buildInterception(config, h.deps);
     assert.deepEqual(result.interceptors.map((i) => i.kind), ['iptables']);
@@ -345,5 +348,77 @@ describe('support: cgroup root, mounts, feature probe', () => {
     assert.match((await probeSupport(h.runner, h.deps.facts, paths)).missing.join(), /bpftool feature probe exited 255: Error: bpf syscall: Operation not permitted/);
     assert.match((await probeSupport(h.runner, h.deps.facts, paths)).missing.join(), /bpftool feature probe printed no JSON/);
     assert.deepEqual(await probeSupport(h.runner, h.deps.facts, paths), { ok: true, missing: [], kernel: '6.1.0-18-amd64' });
+  });
+});
+
+describe('the agent-side checks and installInterception', () => {
+  /** An interceptor that records its calls and fails its install when told to. */
+  class FakeInterceptor {
+    present = false;
+    calls: string[] = [];
+    constructor(readonly kind: 'ebpf' | 'iptables', private readonly failInstall = false) {}
+    async install(): Promise<void> {
+      this.calls.push('install');
+      if (this.failInstall) throw new Error('bpftool prog loadall … exited 255: libbpf: prog kiam_connect6: verifier rejected');
+      this.present = true;
+    }
+    async check(): Promise<'in-sync'> {
+      return 'in-sync';
+    }
+    start(): void {
+      this.calls.push('start');
+    }
+    async stop(): Promise<void> {}
+    async remove(): Promise<boolean> {
+      return false;
+    }
+  }
+  const quiet = pino({ level: 'silent' });
+  const plan = () => ({ active: true, spec: { hostIp: '10.0.0.1', port: 8181, cgroupRoot: '/sys/fs/cgroup', bpffs: '/sys/fs/bpf' }, support: null, reason: null });
+
+  test('auto: an eBPF install the kernel refuses is dropped with the reason, and the rules go on alone', async () => {
+    const ebpf = new FakeInterceptor('ebpf', true);
+    const rules = new FakeInterceptor('iptables');
+    const interception = { interceptors: [ebpf, rules], ebpf: plan(), ebpfInterceptor: null, iptables: null, backend: null };
+    await installInterception(interception as never, 'auto', quiet);
+    assert.deepEqual(interception.interceptors, [rules]);
+    assert.deepEqual(rules.calls, ['install', 'start']);
+    assert.deepEqual(ebpf.calls, ['install'], 'never started');
+    assert.equal(interception.ebpf.active, false);
+    assert.match(String(interception.ebpf.reason), /could not be installed: .*verifier rejected/);
+  });
+
+  test('ebpf (asked for explicitly), or a failing iptables install: the failure is thrown', async () => {
+    const only = { interceptors: [new FakeInterceptor('ebpf', true)], ebpf: plan(), ebpfInterceptor: null, iptables: null, backend: null };
+    await assert.rejects(installInterception(only as never, 'ebpf', quiet), /verifier rejected/);
+    const rulesFail = new FakeInterceptor('iptables', true);
+    const both = { interceptors: [new FakeInterceptor('ebpf'), rulesFail], ebpf: plan(), ebpfInterceptor: null, iptables: null, backend: null };
+    await assert.rejects(installInterception(both as never, 'auto', quiet), /verifier rejected/);
+  });
+
+  test('an abort before an install stops there', async () => {
+    const first = new FakeInterceptor('ebpf');
+    const controller = new AbortController();
+    controller.abort(new Error('stopped by SIGTERM during start-up'));
+    const interception = { interceptors: [first], ebpf: plan(), ebpfInterceptor: null, iptables: null, backend: null };
+    await assert.rejects(installInterception(interception as never, 'auto', quiet, controller.signal), /SIGTERM/);
+    assert.deepEqual(first.calls, []);
+  });
+
+  test('without CAP_SYS_ADMIN the redirect is refused: bpftool would see no attached program and report success', async () => {
+    const h = setup(SUPPORTED);
+    const facts = { ...h.deps.facts, capEff: () => 0x3000n /* NET_ADMIN, NET_RAW */ };
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
+    const support = await probeSupport(h.runner, facts, { cgroupRoot: FIXTURE_CGROUP, bpffs: FIXTURE_BPFFS }, { features: false });
+    assert.equal(support.ok, false);
+    assert.deepEqual(support.missing, ['no CAP_SYS_ADMIN: bpftool cannot see which programs are attached to the cgroup nor detach them; run as root with CAP_SYS_ADMIN (the DaemonSet grants it)']);
+    h.runner.bpf.expect(BPFTOOL_VERSION, VERSION_OK);
+    const withAdmin = await probeSupport(h.runner, { ...facts, capEff: () => (1n << 21n) | 0x3000n }, { cgroupRoot: FIXTURE_CGROUP, bpffs: FIXTURE_BPFFS }, { features: false });
+    assert.deepEqual(withAdmin.missing, []);
+  });
+
+  test('parseCapEff reads the mask from /proc/self/status', () => {
+    assert.equal(parseCapEff('Name:\tnode\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\n'), 0x1ffffffffffn);
+    assert.equal(parseCapEff('Name:\tnode\n'), undefined);
   });
 });

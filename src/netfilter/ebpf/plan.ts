@@ -365,10 +365,19 @@ export interface SupportInput {
   mounts: readonly MountInfo[];
   cgroupRoot: string;
   bpffs: string;
-  /** `bpftool -j feature probe kernel` output; undefined when bpftool could not run (then `bpftoolError` says why). */
+  /**
+   * `bpftool -j feature probe kernel` output; undefined when bpftool could not run (then `bpftoolError` says why).
+   * 'not-probed': the probe was skipped (it needs CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, which only
+   * `kiam init` has); loading the object is then the test, and bpftoolError says whether bpftool runs at all.
+   */
   features?: unknown;
   bpftoolError?: string;
+  /** The process's effective capabilities (CapEff), when known. */
+  capEff?: bigint;
 }
+
+/** CAP_SYS_ADMIN (capability(7) number 21). */
+export const CAP_SYS_ADMIN_BIT = 21n;
 
 export interface Support {
   ok: boolean;
@@ -387,9 +396,14 @@ export function checkSupport(input: SupportInput): Support {
     missing.push(`${input.cgroupRoot} is ${cgType ? `a ${cgType} mount` : 'not mounted'}, not cgroup v2; run \`kiam init\` (it mounts cgroup2) or pass --cgroup-root`);
   }
   if (fsTypeAt(input.mounts, input.bpffs) !== 'bpf') missing.push(`no bpffs mounted at ${input.bpffs}; run \`kiam init\` (it mounts one) or pass --bpffs`);
-  if (input.features === undefined) {
-    missing.push(`bpftool cannot run: ${input.bpftoolError ?? 'unknown error'}; install bpftool and give the agent CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or CAP_SYS_ADMIN)`);
-  } else {
+  if (input.capEff !== undefined && ((input.capEff >> CAP_SYS_ADMIN_BIT) & 1n) === 0n) {
+    // Measured: without it bpftool's `cgroup show` prints an empty list (exit 0) and detach by id fails, so the
+    // agent would take attached programs for missing ones (deploy/README.md, "Capabilities, measured").
+    missing.push('no CAP_SYS_ADMIN: bpftool cannot see which programs are attached to the cgroup nor detach them; run as root with CAP_SYS_ADMIN (the DaemonSet grants it)');
+  }
+  if (input.bpftoolError !== undefined || input.features === undefined) {
+    missing.push(`bpftool cannot run: ${input.bpftoolError ?? 'unknown error'}; install bpftool and give the agent CAP_SYS_ADMIN and CAP_NET_ADMIN`);
+  } else if (input.features !== 'not-probed') {
     const f = input.features as { program_types?: Record<string, boolean>; helpers?: Record<string, string[]> };
     if (f.program_types?.have_cgroup_sock_addr_prog_type !== true) missing.push('the kernel has no cgroup_sock_addr programs (CONFIG_CGROUP_BPF)');
     else {

@@ -17,12 +17,21 @@ const TIMEOUT_MS = 15_000;
 export interface NodeFacts {
   mounts: () => MountInfo[];
   kernelRelease: () => string;
+  /** Effective capabilities (CapEff of /proc/self/status); undefined when unknown. */
+  capEff?: () => bigint | undefined;
 }
 
 export const realNodeFacts: NodeFacts = {
   mounts: () => parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8')),
   kernelRelease: () => release(),
+  capEff: () => parseCapEff(readFileSync('/proc/self/status', 'utf8')),
 };
+
+/** CapEff from /proc/PID/status (proc(5)): a hexadecimal mask. */
+export function parseCapEff(status: string): bigint | undefined {
+  const m = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(status);
+  return m?.[1] ? BigInt(`0x${m[1]}`) : undefined;
+}
 
 /** --cgroup-root as given, else /sys/fs/cgroup where that is cgroup2 (unified hierarchy), else the fallback mount. */
 export function resolveCgroupRoot(given: string | undefined, mounts: readonly MountInfo[]): string {
@@ -30,8 +39,24 @@ export function resolveCgroupRoot(given: string | undefined, mounts: readonly Mo
   return fsTypeAt(mounts, DEFAULT_CGROUP_ROOT) === 'cgroup2' && mounts.some((m) => m.mountPoint === DEFAULT_CGROUP_ROOT) ? DEFAULT_CGROUP_ROOT : FALLBACK_CGROUP_ROOT;
 }
 
-/** Everything the socket redirect needs, checked at once (0.25 s: bpftool's feature probe). */
-export async function probeSupport(runner: CommandRunner, facts: NodeFacts, paths: { cgroupRoot: string; bpffs: string }): Promise<Support> {
+/**
+ * Everything the socket redirect needs, checked at once. With `features` (kiam init, doctor: 0.25 s), bpftool's
+ * feature probe, which needs CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; without it (the agent, which
+ * keeps fewer capabilities) only that bpftool runs, and loading the object is the rest of the test.
+ */
+export async function probeSupport(
+  runner: CommandRunner,
+  facts: NodeFacts,
+  paths: { cgroupRoot: string; bpffs: string },
+  options: { features?: boolean } = {},
+): Promise<Support> {
+  const capEff = facts.capEff?.();
+  const base = { kernelRelease: facts.kernelRelease(), mounts: facts.mounts(), ...paths, ...(capEff === undefined ? {} : { capEff }) };
+  if (options.features === false) {
+    const version = await runner.run(['bpftool', 'version'], { timeoutMs: TIMEOUT_MS });
+    const bpftoolError = version.code === 0 ? undefined : version.code === 127 ? 'bpftool is not installed' : `bpftool version exited ${version.code}`;
+    return checkSupport({ ...base, features: 'not-probed', ...(bpftoolError ? { bpftoolError } : {}) });
+  }
   const probe = await runner.run(['bpftool', '-j', 'feature', 'probe', 'kernel'], { timeoutMs: TIMEOUT_MS });
   let features: unknown;
   let bpftoolError: string | undefined;
@@ -44,7 +69,7 @@ export async function probeSupport(runner: CommandRunner, facts: NodeFacts, path
   } else {
     bpftoolError = probe.code === 127 ? 'bpftool is not installed' : `bpftool feature probe exited ${probe.code}: ${probe.stderr.trim().split('\n')[0] ?? ''}`;
   }
-  return checkSupport({ kernelRelease: facts.kernelRelease(), mounts: facts.mounts(), ...paths, features, bpftoolError });
+  return checkSupport({ ...base, features, ...(bpftoolError ? { bpftoolError } : {}) });
 }
 
 export interface MountResult {

@@ -84,7 +84,7 @@ diagnostics() {
   k get nodes -o wide || true
   k get pods -A -o wide || true
   k -n "$KIAM_NS" describe daemonset kiam || true
-  k -n "$KIAM_NS" logs -l app.kubernetes.io/name=kiam --prefix --tail=200 || true
+  k -n "$KIAM_NS" logs -l app.kubernetes.io/name=kiam --all-containers --prefix --tail=200 || true
   k -n "$FAKES_NS" logs deploy/fake-sts --tail=50 || true
   k -n "$FAKES_NS" logs deploy/fake-metadata --tail=50 || true
   docker exec "$CLUSTER_NAME-worker" sh -c 'iptables-save -t nat | grep -E "KIAM|169.254.169.254"' || true
