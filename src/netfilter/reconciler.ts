@@ -6,9 +6,10 @@
  * IPv6 is no failure (one warning, IPv4 goes on).
  */
 import type { Logger } from 'pino';
-import type { Clock, Timer } from '../clock.ts';
+import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import type { Backend, BackendName } from './backend.ts';
+import { PeriodicReconciler, type Interceptor } from './interceptor.ts';
 import { CommandError, EXIT_NOT_FOUND, runChecked, type CommandResult, type CommandRunner } from './exec.ts';
 import {
   assertValidRuleSpec,
@@ -120,41 +121,35 @@ const SAVE_TIMEOUT_MS = 15_000;
 const RESTORE_TIMEOUT_MS = 30_000;
 const CONNTRACK_TIMEOUT_MS = 10_000;
 
-export class RuleReconciler {
+export class RuleReconciler extends PeriodicReconciler implements Interceptor {
   /** The interceptor port's label (see interceptor.ts). */
   readonly kind = 'iptables' as const;
   private readonly runner: CommandRunner;
-  private readonly clock: Clock;
   private readonly metrics: RuleReconcilerDeps['metrics'];
   private readonly logger: Logger;
   private readonly spec: ResolvedRuleSpec;
   private readonly backend: Backend;
-  private readonly intervalMs: number;
   /** ipv4 and ipv6 (ipv6 with the backstop alone when the spec has no IPv6 host address). */
   private readonly families: readonly IpFamily[] = ['ipv4', 'ipv6'];
   /** Why ip6tables cannot take the IPv6 backstop (backstop alone only), once warned; cleared once it could. */
   private ipv6Unusable: string | undefined;
 
-  private timer: Timer | undefined;
-  private running = false;
-  /** Serialises install/check/remove so a timer tick never interleaves with an explicit call. */
-  private queue: Promise<unknown> = Promise.resolve();
   private isPresent = false;
   /** Shadowing rules already warned about (family and rule), so each is logged once. */
   private readonly warnedShadows = new Set<string>();
 
   /** Throws a RuleSpecError (every problem named) for an invalid spec. */
   constructor(deps: RuleReconcilerDeps) {
+    super(deps.clock, deps.intervalMs, 'interception rule check failed; retrying on the next tick');
     this.spec = assertValidRuleSpec(deps.spec);
-    if (!Number.isFinite(deps.intervalMs) || deps.intervalMs <= 0) {
-      throw new Error(`reconcile interval ${deps.intervalMs} ms must be a positive number`);
-    }
     this.runner = deps.runner;
-    this.clock = deps.clock;
     this.metrics = deps.metrics;
     this.logger = deps.logger.child({ component: 'iptables', backend: deps.backend.name, chain: this.spec.chain });
     this.backend = deps.backend;
-    this.intervalMs = deps.intervalMs;
+  }
+
+  protected get log(): Logger {
+    return this.logger;
   }
 
   /** True while the rules are known to be in place (last install/check succeeded, no remove since). */
@@ -210,21 +205,6 @@ export class RuleReconciler {
     });
   }
 
-  /** Re-check every intervalMs until stop(). Errors are counted and logged, never thrown out of the timer. */
-  start(): void {
-    if (this.running) return;
-    this.running = true;
-    this.schedule();
-  }
-
-  /** Stop the timer and wait for a check in flight. */
-  async stop(): Promise<void> {
-    this.running = false;
-    this.timer?.cancel();
-    this.timer = undefined;
-    await this.queue.catch(() => {});
-  }
-
   /**
    * Stop the timer, then delete every jump to the chains and the chains themselves, one transaction per family.
    * Idempotent: returns false (and writes nothing) when nothing is there.
@@ -241,24 +221,6 @@ export class RuleReconciler {
   /** Read the live state (one iptables-save per family) and describe it. */
   status(): Promise<RuleStatus> {
     return readStatus(this.runner, this.backend, this.spec);
-  }
-
-  private schedule(): void {
-    this.timer = this.clock.setTimeout(() => {
-      this.timer = undefined;
-      void this.tick();
-    }, this.intervalMs);
-  }
-
-  private async tick(): Promise<void> {
-    if (!this.running) return;
-    try {
-      await this.check();
-    } catch (err) {
-      this.logger.error({ err }, 'interception rule check failed; retrying on the next tick');
-    } finally {
-      if (this.running) this.schedule();
-    }
   }
 
   /** One family's check: true when it was repaired, false when in sync (or IPv6 backstop alone, and no ip6tables). */
@@ -353,12 +315,6 @@ export class RuleReconciler {
   private setPresent(present: boolean): void {
     this.isPresent = present;
     this.metrics.rulesPresent.set(present ? 1 : 0);
-  }
-
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
   }
 }
 

@@ -7,10 +7,10 @@
 import { createSocket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Clock, Timer } from '../../clock.ts';
+import type { Clock } from '../../clock.ts';
 import type { Metrics } from '../../metrics.ts';
 import { runChecked, type CommandRunner } from '../exec.ts';
-import type { Interceptor } from '../interceptor.ts';
+import { PeriodicReconciler, type Interceptor } from '../interceptor.ts';
 import {
   CONFIG_MAP,
   configUpdateArgs,
@@ -74,7 +74,7 @@ export interface EbpfInterceptorDeps {
   probe?: NetnsProbe;
 }
 
-export class EbpfInterceptor implements Interceptor {
+export class EbpfInterceptor extends PeriodicReconciler implements Interceptor {
   readonly kind = 'ebpf' as const;
   private readonly deps: EbpfInterceptorDeps;
   private readonly logger: Logger;
@@ -82,12 +82,10 @@ export class EbpfInterceptor implements Interceptor {
   private readonly probe: NetnsProbe;
   /** The node's netns cookie as learned by the probe; 0n: init_net. */
   private hostCookie: bigint | undefined;
-  private timer: Timer | undefined;
-  private running = false;
-  private queue: Promise<unknown> = Promise.resolve();
   private isPresent = false;
 
   constructor(deps: EbpfInterceptorDeps) {
+    super(deps.clock, deps.intervalMs, 'eBPF socket redirect check failed; retrying on the next tick');
     this.deps = deps;
     this.logger = deps.logger.child({ component: 'ebpf', cgroup: deps.spec.cgroupRoot });
     this.layout = layout(deps.spec.bpffs);
@@ -96,6 +94,10 @@ export class EbpfInterceptor implements Interceptor {
 
   get present(): boolean {
     return this.isPresent;
+  }
+
+  protected get log(): Logger {
+    return this.logger;
   }
 
   /** Load (when missing), attach, learn the node's netns cookie, write the config. */
@@ -123,19 +125,6 @@ export class EbpfInterceptor implements Interceptor {
         throw err;
       }
     });
-  }
-
-  start(): void {
-    if (this.running) return;
-    this.running = true;
-    this.schedule();
-  }
-
-  async stop(): Promise<void> {
-    this.running = false;
-    this.timer?.cancel();
-    this.timer = undefined;
-    await this.queue.catch(() => {});
   }
 
   async remove(): Promise<boolean> {
@@ -245,34 +234,11 @@ export class EbpfInterceptor implements Interceptor {
     g.set({ family: 'ipv4-mapped' }, stats.redirect6Mapped);
   }
 
-  private schedule(): void {
-    this.timer = this.deps.clock.setTimeout(() => {
-      this.timer = undefined;
-      void this.tick();
-    }, this.deps.intervalMs);
-  }
-
-  private async tick(): Promise<void> {
-    if (!this.running) return;
-    try {
-      await this.check();
-    } catch (err) {
-      this.logger.error({ err }, 'eBPF socket redirect check failed; retrying on the next tick');
-    } finally {
-      if (this.running) this.schedule();
-    }
-  }
-
   private setPresent(present: boolean): void {
     this.isPresent = present;
     this.deps.metrics.ebpfPresent.set(present ? 1 : 0);
   }
 
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => {});
-    return run;
-  }
 }
 
 /** One bpftool process reads the cgroup's programs, our pins, the config and the counters. */
