@@ -4,11 +4,9 @@
  * output and compare what is live with what is wanted. No I/O here.
  */
 
-import { hostIpProblem, hostIpv6Problem, interfacePatternProblem, METADATA_IP } from '../config.ts';
+import { hostIpProblem, hostIpv6Problem, interfacePatternProblem, METADATA_IP, METADATA_IPV6 } from '../config.ts';
 
-export { METADATA_IP };
-/** The instance metadata service's IPv6 address (Nitro instances with HttpProtocolIpv6 enabled). */
-export const METADATA_IPV6 = 'fd00:ec2::254';
+export { METADATA_IP, METADATA_IPV6 };
 export const METADATA_PORT = 80;
 export const DEFAULT_CHAIN = 'KIAM-METADATA';
 /** Appended to the nat chain's name to name the filter chain that rejects metadata traffic the DNAT missed. */
