@@ -73,7 +73,8 @@ async function run(cfg: FirstConfig): Promise<FirstResult> {
   let ok = false;
   if (listing.status === 200) {
     const doc = await step('document', { method: 'GET', path: `/latest/meta-data/iam/security-credentials/${listing.body}`, headers });
-    ok = doc.status === 200 && /"AccessKeyId"\s*:\s*"ASIA/.test(doc.body) && token.status === 200;
+    // The pod's own role, never another one (the node's, had the request escaped the interception).
+    ok = doc.status === 200 && /"AccessKeyId"\s*:\s*"ASIA/.test(doc.body) && token.status === 200 && listing.body === cfg.pod.role;
   }
   return { ok, flowMs: performance.now() - t0, steps, createMs, lateMs };
 }

@@ -1,14 +1,18 @@
 /**
  * Section 2, a new pod's first credentials: STS answers after 500 ms; each pod gets a real namespace (so its
- * requests come through the DNAT), is created in the API by its own client process, and runs the SDK flow 1 s
- * later — or immediately. Pods run in parallel batches, staggered so that their flows do not overlap.
+ * requests come through the interception), is created in the API by its own client process, and runs the SDK flow
+ * 1 s later — or immediately. Pods run in parallel batches, staggered so that their flows do not overlap. Once per
+ * interception path: the agent started with `--intercept <path>`, as a DaemonSet would run it.
  */
 import { Histogram } from './lib/histogram.ts';
+import { PATH_LABEL, usesEbpf, type InterceptPath } from './lib/intercept.ts';
 import type { FirstConfig, FirstResult } from './first-cred.ts';
 import { NODE_NAME } from './node.ts';
 import { NODE_PODS, roleName, type World } from './world.ts';
 
 export interface FirstVariant {
+  /** The agent's interception; absent in runs recorded before there was a choice: the DNAT. */
+  path?: InterceptPath;
   delay_ms: number;
   pods: number;
   ok: number;
@@ -26,60 +30,87 @@ export interface FirstSection {
 
 const STS_DELAY_MS = 500;
 
-export async function firstSection(world: World, opts: { pods: number; batch: number; delays: number[] }, log: (m: string) => void): Promise<FirstSection> {
-  const { node, sb } = world;
+export async function firstSection(
+  world: World,
+  opts: { pods: number; batch: number; delays: number[]; paths: readonly InterceptPath[] },
+  log: (m: string) => void,
+): Promise<FirstSection> {
+  const { node } = world;
   await node.configureSts({ delayMs: STS_DELAY_MS });
-  await node.startAgent();
-  // A node in its steady state: the agent's own start-up prefetch (110 pods, 8 at a time, 500 ms each) is over.
-  await node.waitForMetric('kiam_credentials_cached_identities', (v) => v >= NODE_PODS, 60_000);
   const variants: FirstVariant[] = [];
-  let seq = 0;
+  const seq = { n: 0 };
   try {
-    for (const delay of opts.delays) {
-      const samples: FirstVariant['samples'] = [];
-      for (let done = 0; done < opts.pods; done += opts.batch) {
-        const n = Math.min(opts.batch, opts.pods - done);
-        const pods = await Promise.all(Array.from({ length: n }, () => sb.addPod({ name: `first-${++seq}` })));
-        // Client processes need ~1 s to start (tsx; several at once on 2 busy cores: allow 5 s), then one pod every
-        // 200 ms, so that no client's start-up or flow overlaps another's measured flow.
-        const base = Date.now() + 5_000;
-        const procs = pods.map((pod, i) => {
-          const cfg: FirstConfig = {
-            control: node.controlPath,
-            pod: { namespace: 'first', name: pod.name, ip: pod.ip, node: NODE_NAME, role: roleName(seq * 7 + i) },
-            delayMs: delay,
-            startAt: base + i * 200,
-          };
-          return node.spawnInPod(pod, 'bench/first-cred.ts', [JSON.stringify(cfg)]);
-        });
-        try {
-          const results = await Promise.all(procs.map(async (p) => (JSON.parse(await p.waitForLine(/^\{"result"/, 30_000)) as { result: FirstResult }).result));
-          for (const r of results) {
-            samples.push({ flow_ms: r.flowMs, ok: r.ok, steps: r.steps, ...(r.error ? { error: r.error } : {}) });
-            if (r.lateMs > 50) log(`first: a client started ${r.lateMs} ms late`);
-          }
-        } finally {
-          await Promise.all(pods.map((p) => sb.removePod(p)));
-          await node.deletePods(pods.map((p) => ({ namespace: 'first', name: p.name })));
-        }
+    for (const path of opts.paths) {
+      await node.startAgent({ intercept: path });
+      try {
+        // A node in its steady state: the agent's own start-up prefetch (110 pods, 8 at a time, 500 ms each) is over.
+        await node.waitForMetric('kiam_credentials_cached_identities', (v) => v >= NODE_PODS, 60_000);
+        for (const delay of opts.delays) variants.push(await variant(world, path, delay, opts, seq, log));
+      } finally {
+        await node.stopAgent();
       }
-      const h = new Histogram();
-      for (const s of samples) if (s.ok) h.record(Math.round(s.flow_ms * 1000));
-      const v: FirstVariant = {
-        delay_ms: delay,
-        pods: samples.length,
-        ok: samples.filter((s) => s.ok).length,
-        p50_ms: h.percentile(50) / 1000,
-        p99_ms: h.percentile(99) / 1000,
-        max_ms: h.max / 1000,
-        samples,
-      };
-      variants.push(v);
-      log(`first credential, request ${delay} ms after the pod appeared: ${v.ok}/${v.pods} ok, p50 ${v.p50_ms.toFixed(1)} ms, p99 ${v.p99_ms.toFixed(1)} ms`);
     }
   } finally {
-    await node.stopAgent();
     await node.configureSts({ delayMs: 0 });
   }
   return { sts_delay_ms: STS_DELAY_MS, variants };
+}
+
+async function variant(
+  world: World,
+  path: InterceptPath,
+  delay: number,
+  opts: { pods: number; batch: number },
+  seq: { n: number },
+  log: (m: string) => void,
+): Promise<FirstVariant> {
+  const { node, sb } = world;
+  const samples: FirstVariant['samples'] = [];
+  const redirects0 = usesEbpf(path) ? await node.ebpfRedirects() : 0;
+  for (let done = 0; done < opts.pods; done += opts.batch) {
+    const n = Math.min(opts.batch, opts.pods - done);
+    const pods = await Promise.all(Array.from({ length: n }, () => sb.addPod({ name: `first-${++seq.n}` })));
+    // Client processes need ~1 s to start (tsx; several at once on 2 busy cores: allow 5 s), then one pod every
+    // 200 ms, so that no client's start-up or flow overlaps another's measured flow.
+    const base = Date.now() + 5_000;
+    const procs = pods.map((pod, i) => {
+      const cfg: FirstConfig = {
+        control: node.controlPath,
+        pod: { namespace: 'first', name: pod.name, ip: pod.ip, node: NODE_NAME, role: roleName(seq.n * 7 + i) },
+        delayMs: delay,
+        startAt: base + i * 200,
+      };
+      return node.spawnInPod(pod, 'bench/first-cred.ts', [JSON.stringify(cfg)]);
+    });
+    try {
+      const results = await Promise.all(procs.map(async (p) => (JSON.parse(await p.waitForLine(/^\{"result"/, 30_000)) as { result: FirstResult }).result));
+      for (const r of results) {
+        samples.push({ flow_ms: r.flowMs, ok: r.ok, steps: r.steps, ...(r.error ? { error: r.error } : {}) });
+        if (r.lateMs > 50) log(`first: a client started ${r.lateMs} ms late`);
+      }
+    } finally {
+      await Promise.all(pods.map((p) => sb.removePod(p)));
+      await node.deletePods(pods.map((p) => ({ namespace: 'first', name: p.name })));
+    }
+  }
+  if (usesEbpf(path)) {
+    // Three connections per flow (token, listing, document): each one must have been a rewritten connect.
+    const redirects = (await node.ebpfRedirects()) - redirects0;
+    const flows = samples.filter((s) => s.steps.length > 0).length;
+    if (redirects < 3 * samples.filter((s) => s.ok).length) throw new Error(`first ${path}: the eBPF program rewrote ${redirects} connects for ${flows} flows`);
+  }
+  const h = new Histogram();
+  for (const s of samples) if (s.ok) h.record(Math.round(s.flow_ms * 1000));
+  const v: FirstVariant = {
+    path,
+    delay_ms: delay,
+    pods: samples.length,
+    ok: samples.filter((s) => s.ok).length,
+    p50_ms: h.percentile(50) / 1000,
+    p99_ms: h.percentile(99) / 1000,
+    max_ms: h.max / 1000,
+    samples,
+  };
+  log(`first credential (${PATH_LABEL[path]}), request ${delay} ms after the pod appeared: ${v.ok}/${v.pods} ok, p50 ${v.p50_ms.toFixed(1)} ms, p99 ${v.p99_ms.toFixed(1)} ms`);
+  return v;
 }

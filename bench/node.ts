@@ -2,14 +2,17 @@
  * The benchmark's node: a sandbox node namespace with the same fakes as test/e2e/harness.ts (metadata service on
  * 169.254.169.254:80, the SigV4-checking fake STS) but bench/cluster.ts as the API server (bulk pods, per-client
  * counts), the agent started with the production command (`node <Dockerfile flags> bin/kiam.mjs agent …` → dist/kiam.mjs) and
- * readiness taken from /readyz (so it works at any log level), and pod namespaces with many source IPs.
+ * readiness taken from /readyz (so it works at any log level), and pod namespaces with many source IPs. The
+ * interception is one of the paths of bench/lib/intercept.ts: the DNAT, or the eBPF redirect attached to the
+ * sandbox's child cgroup (which holds every process the sandbox starts: generators, pods, servers).
  */
 import { request } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENT_KEY, agentEnv, BASE_ARN, NODE_NAME, REPO, metricValue, podEnv, type StsCall } from '../test/e2e/harness.ts';
-import type { Pod, Sandbox, TrackedProcess } from '../test/e2e/sandbox.ts';
+import { findBinary, type Pod, type Sandbox, type TrackedProcess } from '../test/e2e/sandbox.ts';
 import type { ClusterStats } from './cluster.ts';
+import { ebpfRedirects, interceptArgs, type InterceptPath } from './lib/intercept.ts';
 import type { BenchPod } from './lib/pods.ts';
 import { runtime } from './runtime.ts';
 
@@ -21,6 +24,8 @@ export { NODE_NAME };
 export class BenchNode {
   agent: TrackedProcess | undefined;
   private agentSeq = 0;
+  /** The interception in place (installed by an agent or by redirect(); both stay when the agent stops). */
+  private installed: { path: InterceptPath; port: number } | undefined;
 
   private constructor(
     readonly sb: Sandbox,
@@ -88,10 +93,13 @@ export class BenchNode {
   /**
    * Starts `kiam agent` as production does (bin/kiam.mjs → dist/kiam.mjs, no tsx), as API client `client`, and
    * waits for /readyz. The environment is the harness's: static agent keys for the fake STS, instance metadata
-   * disabled for the SDK, no config files.
+   * disabled for the SDK, no config files. `intercept` (default `iptables`, the DNAT): the agent installs that path
+   * itself; another path left in place before is removed first.
    */
-  async startAgent(opts: { client?: string; iptables?: boolean; extra?: string[] } = {}): Promise<TrackedProcess> {
+  async startAgent(opts: { client?: string; intercept?: InterceptPath | 'none'; extra?: string[] } = {}): Promise<TrackedProcess> {
     if (this.agent?.running) throw new Error('bench: an agent is already running');
+    const intercept = opts.intercept ?? 'iptables';
+    if (intercept !== 'none' && this.installed && this.installed.path !== intercept) await this.removeInterception();
     const client = opts.client ?? `agent-${++this.agentSeq}`;
     const { kubeconfig } = await this.control<{ kubeconfig: string }>('POST', '/clients', { name: client });
     const kubeconfigPath = join(this.sb.tmpDir, `kubeconfig-${client}`);
@@ -102,12 +110,13 @@ export class BenchNode {
       '--host-ip', this.sb.hostIp,
       '--port', String(AGENT_PORT),
       '--kubeconfig', kubeconfigPath,
-      ...(opts.iptables === false ? [] : ['--iptables', '--host-interface', 'cali+']),
+      ...interceptArgs(intercept, this.sb),
       '--role-base-arn', BASE_ARN,
       '--sts-endpoint', this.stsUrl,
       '--region', 'eu-west-1',
       ...(opts.extra ?? []),
     ];
+    if (intercept !== 'none') this.installed = { path: intercept, port: AGENT_PORT };
     const agent = this.sb.spawn(this.sb.nodeNs, argv, {
       cwd: REPO,
       logFile: join(this.sb.tmpDir, `${client}.log`),
@@ -157,9 +166,57 @@ export class BenchNode {
     return this.sb.execOrThrow(this.sb.nodeNs, [process.execPath, join(REPO, 'bin/kiam.mjs'), ...args], { env: { PATH: process.env.PATH } });
   }
 
-  /** Points the DNAT at hostIp:port (the agent's or the baseline's), with `kiam iptables install`. */
-  async dnatTo(port: number): Promise<void> {
-    await this.kiam(['iptables', 'install', '--host-ip', this.sb.hostIp, '--port', String(port), '--host-interface', 'cali+']);
+  /**
+   * Points the interception at hostIp:port (the agent's or the baseline's) with `kiam intercept install`: the DNAT
+   * rule's target, or the eBPF program's config map. Switching to another path removes the one in place first.
+   */
+  async redirect(path: InterceptPath, port: number): Promise<void> {
+    if (this.installed && this.installed.path !== path) await this.removeInterception();
+    this.installed = { path, port };
+    await this.kiam(['intercept', 'install', ...interceptArgs(path, this.sb), '--host-ip', this.sb.hostIp, '--port', String(port)]);
+  }
+
+  /**
+   * Removes every trace of the interception (`kiam intercept remove`, both halves where the sandbox has a cgroup):
+   * the eBPF programs stay attached after their agent stops, and must not sit under a DNAT measurement.
+   */
+  async removeInterception(): Promise<void> {
+    await this.kiam(['intercept', 'remove', ...interceptArgs(this.sb.cgroupPath ? 'auto' : 'iptables', this.sb), '--host-ip', this.sb.hostIp]);
+    this.installed = undefined;
+  }
+
+  /** The interception in place, if any. */
+  get interception(): { path: InterceptPath; port: number } | undefined {
+    return this.installed;
+  }
+
+  /**
+   * Empties the node namespace's conntrack table (conntrack-tools' `conntrack -F`, in the sandbox's own namespace),
+   * so that the next count is what one run created. false when conntrack-tools is not installed.
+   */
+  async flushConntrack(): Promise<boolean> {
+    const conntrack = findBinary('conntrack');
+    if (!conntrack) return false;
+    const r = await this.sb.exec(this.sb.nodeNs, [conntrack, '-F']);
+    // conntrack -F exits 1 with "0 flow entries" on some versions when the table was empty already.
+    if (r.code !== 0 && !/0 flow entries/.test(r.stderr)) throw new Error(`conntrack -F: ${r.stderr.trim()}`);
+    return true;
+  }
+
+  /** Connections the node namespace's conntrack tracks now (nf_conntrack_count is per network namespace). */
+  async conntrackCount(): Promise<number> {
+    const out = await this.sb.execOrThrow(this.sb.nodeNs, ['cat', '/proc/sys/net/netfilter/nf_conntrack_count']);
+    return Number(out.trim());
+  }
+
+  /** How many connects the eBPF program has rewritten so far (0 without it). */
+  async ebpfRedirects(): Promise<number> {
+    if (!this.sb.cgroupPath) return 0;
+    const args = interceptArgs('ebpf', this.sb);
+    // status exits 1 when what is there differs from the flags (e.g. nothing installed): read the JSON anyway.
+    const r = await this.sb.exec(this.sb.nodeNs, [process.execPath, join(REPO, 'bin/kiam.mjs'), 'intercept', 'status', ...args, '--json'], { env: { PATH: process.env.PATH } });
+    if (!r.stdout.startsWith('{')) throw new Error(`kiam intercept status: ${r.stdout}${r.stderr}`);
+    return ebpfRedirects(JSON.parse(r.stdout));
   }
 
   /**

@@ -1,11 +1,12 @@
 /**
  * `npm run bench` (= `node --import tsx bench/run.ts`, as root): the benchmark suite of issue 4, in a network
- * namespace sandbox, through the real DNAT path. Progress on stderr, the markdown table on stdout, the summary in
+ * namespace sandbox, through the real interception: the DNAT and (issue 8) the eBPF socket redirect, attached to a
+ * child cgroup of a private cgroup2 mount that holds every process of the sandbox. Progress on stderr, the markdown table on stdout, the summary in
  * bench/last-run.json and bench/last-run.md (a --quick or --only run writes quick-run.* / partial-run.* instead,
  * unless --out says otherwise).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,6 +16,7 @@ import { Sandbox } from '../test/e2e/sandbox.ts';
 import { apiSection } from './api.ts';
 import { firstSection } from './first.ts';
 import { footprintSection } from './footprint.ts';
+import { DEFAULT_PATHS, interceptArgs, parsePaths, PATH_LABEL, usesEbpf, type InterceptPath } from './lib/intercept.ts';
 import { headline, markdown, targets, type Sections } from './report.ts';
 import { stsSection } from './sts.ts';
 import { warmSection } from './warm.ts';
@@ -27,19 +29,28 @@ type Section = (typeof SECTIONS)[number];
 const HELP = `Usage: sudo npm run bench -- [options]      (or: sudo node --import tsx bench/run.ts [options])
 
 The kiam benchmark suite (issue 4): runs as root in a network-namespace sandbox (prefix ${PREFIX}), through the
-real DNAT path, against the production bundle (it runs \`node scripts/build.mjs\` first).
+real interception, against the production bundle (it runs \`node scripts/build.mjs\` first).
 
 Sections:
-  warm       warm credential requests vs a bare node:http baseline: keep-alive and new connections, 1/16/64
-             connections, req/s, p50/p99/p99.9, server CPU per request
-  first      a new pod's first credentials (STS answers after 500 ms): request 1 s after the pod appears, and
-             immediately; full IMDSv2 flow
+  warm       warm credential requests vs a bare node:http baseline behind the same interception, for each path
+             of --intercept: keep-alive and new connections, 1/16/64 connections, req/s, p50/p99/p99.9, server
+             and generator CPU per request
+  first      a new pod's first credentials (STS answers after 500 ms), for each path of --intercept: request 1 s
+             after the pod appears, and immediately; full IMDSv2 flow
   sts        AssumeRole calls for 200 pods of one role appearing at once, then one refresh cycle (~75 s each)
   footprint  RSS and idle CPU with 110 pods, then after 10 minutes of mixed load with pod churn
   api        objects and bytes from the API server for a 20,000-pod cluster: the agent vs a cluster-wide watch
 
+Interception paths (--intercept): iptables = the nat PREROUTING DNAT (--intercept iptables); ebpf = the cgroup
+connect4/6 socket redirect (--intercept ebpf), attached only to the sandbox's child cgroup of a private cgroup2
+mount, pinned in a private bpffs; auto = both. sts, footprint and api always run through the DNAT.
+
 Options:
   --only <list>   comma-separated sections (default: all)
+  --intercept <list>
+                  comma-separated paths for warm and first: iptables, ebpf, auto (default: ${DEFAULT_PATHS.join(',')})
+  --rounds <n>    run the warm section's whole sequence n times and report each variant's median round
+                  (default 1; on a shared machine, 3 keeps one noisy minute from deciding a comparison)
   --quick         short durations for development (results in bench/quick-run.*)
   --out <file>    where to write the JSON summary (the .md goes beside it)
   --no-build      do not run the production build first
@@ -109,6 +120,8 @@ async function main(): Promise<number> {
     ({ values } = parseArgs({
       options: {
         only: { type: 'string' },
+        intercept: { type: 'string' },
+        rounds: { type: 'string' },
         quick: { type: 'boolean', default: false },
         out: { type: 'string' },
         'no-build': { type: 'boolean', default: false },
@@ -129,6 +142,15 @@ async function main(): Promise<number> {
   const unknown = only.filter((s) => !(SECTIONS as readonly string[]).includes(s));
   if (unknown.length || only.length === 0) fail(`--only: unknown section(s) ${unknown.join(', ') || '(none given)'}; choose from ${SECTIONS.join(', ')}`);
   const want = (s: Section) => only.includes(s);
+  let paths: InterceptPath[];
+  try {
+    paths = values.intercept ? parsePaths(values.intercept) : [...DEFAULT_PATHS];
+  } catch (err) {
+    fail(`--intercept: ${(err as Error).message}`);
+  }
+  const ebpf = paths.some(usesEbpf) && (want('warm') || want('first'));
+  const rounds = values.rounds === undefined ? 1 : Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) fail(`--rounds: "${values.rounds}" is not a whole number from 1 to 20`);
   const quick = values.quick;
   let agentRuntime;
   try {
@@ -136,13 +158,13 @@ async function main(): Promise<number> {
   } catch (err) {
     fail(`--node / Dockerfile: ${(err as Error).message}`);
   }
-  const missing = Sandbox.prerequisites(['curl']);
-  if (missing.length) fail(`cannot run here: ${missing.join('; ')}`);
+  const missing = [...Sandbox.prerequisites(['curl']), ...(ebpf ? Sandbox.bpfPrerequisites() : [])];
+  if (missing.length) fail(`cannot run here: ${missing.join('; ')}${ebpf ? ' (--intercept iptables runs without the eBPF path)' : ''}`);
 
   takeLock();
   process.env.AWS_EC2_METADATA_DISABLED = 'true'; // nothing here uses the AWS SDK; the agent gets it from its env too
   const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-  const partial = only.length < SECTIONS.length;
+  const partial = only.length < SECTIONS.length || DEFAULT_PATHS.some((p) => !paths.includes(p));
   const outJson = values.out ?? join(REPO, 'bench', quick ? 'quick-run.json' : partial ? 'partial-run.json' : 'last-run.json');
   const outMd = outJson.replace(/\.json$/, '') + '.md';
 
@@ -150,20 +172,27 @@ async function main(): Promise<number> {
     log('building the production bundle (node scripts/build.mjs)');
     execFileSync(process.execPath, ['scripts/build.mjs'], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] });
   }
+  if (ebpf && !existsSync(join(REPO, 'dist', 'kiam.bpf.o'))) fail('the eBPF path needs dist/kiam.bpf.o: the build compiles it with clang (apt-get install clang libbpf-dev)');
   const meta: Record<string, unknown> = {
     date: new Date().toISOString(),
     quick,
     sections: only,
+    intercept: paths,
+    warm_rounds: rounds,
     command: `node --import tsx bench/run.ts${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
     agent_node: agentRuntime.version,
-    agent_command: `node${agentRuntime.flags.map((f) => ` ${f}`).join('')} bin/kiam.mjs agent --node-name node-1 --host-ip 10.77.0.1 --port 8181 --kubeconfig … --iptables --host-interface cali+ --role-base-arn … --sts-endpoint … --region eu-west-1`,
+    agent_command: `node${agentRuntime.flags.map((f) => ` ${f}`).join('')} bin/kiam.mjs agent --node-name node-1 --host-ip 10.77.0.1 --port 8181 --kubeconfig … <interception> --role-base-arn … --sts-endpoint … --region eu-west-1`,
+    // The flags of each path (warm: the agent runs with --intercept none and `kiam intercept install` places these).
+    interception: Object.fromEntries(
+      paths.map((p) => [p, { label: PATH_LABEL[p], flags: interceptArgs(p, { cgroupPath: '<sandbox>/cgroup2/kiambench-pods', bpffsPath: '<sandbox>/bpffs' }).join(' ') }]),
+    ),
     agent_log_level: `${DEFAULTS.logLevel} (the production default, DEFAULTS.logLevel in src/config.ts; no --log-level flag given)`,
     machine: machine(),
   };
 
   const sections: Sections = {};
   const errors: Record<string, string> = {};
-  const world = await createWorld(log);
+  const world = await createWorld(log, { cgroup: ebpf });
   try {
     const run = async <K extends Section>(name: K, fn: () => Promise<NonNullable<Sections[K & keyof Sections]>>) => {
       if (!want(name)) return;
@@ -179,9 +208,9 @@ async function main(): Promise<number> {
       log(`${name} took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     };
     await run('warm', () =>
-      warmSection(world, quick ? { warmupMs: 1_000, durationMs: 3_000, connections: [1, 16, 64] } : { warmupMs: 3_000, durationMs: 15_000, connections: [1, 16, 64] }, log),
+      warmSection(world, { ...(quick ? { warmupMs: 1_000, durationMs: 3_000 } : { warmupMs: 3_000, durationMs: 15_000 }), connections: [1, 16, 64], paths, rounds }, log),
     );
-    await run('first', () => firstSection(world, quick ? { pods: 10, batch: 5, delays: [1_000, 0] } : { pods: 40, batch: 10, delays: [1_000, 0] }, log));
+    await run('first', () => firstSection(world, { ...(quick ? { pods: 10, batch: 5 } : { pods: 40, batch: 10 }), delays: [1_000, 0], paths }, log));
     await run('sts', () => stsSection(world, { refresh: true }, log));
     await run('footprint', () => footprintSection(world, quick ? { idleMs: 10_000, loadMs: 20_000 } : { idleMs: 60_000, loadMs: 600_000 }, log));
     await run('api', () => apiSection(world, {}, log));

@@ -1,23 +1,37 @@
 /**
  * Section 1, warm credential requests: the agent against a bare node:http server serving the agent's own
- * document bytes, both on the host IP behind the same DNAT rule (`kiam iptables install --port …` points the rule
- * at one or the other), keep-alive and new-connection, 1 / 16 / 64 connections, runs interleaved (agent, then
- * baseline, per variant) so that a noisy neighbour hurts both alike. Server CPU per request from /proc.
+ * document bytes, both on the host IP behind the same interception (`kiam intercept install --port …` points the
+ * DNAT rule or the eBPF program's config at one or the other), keep-alive and new-connection, 1 / 16 / 64
+ * connections, for each interception path (bench/lib/intercept.ts), runs interleaved (per variant: each path, the
+ * agent then the baseline) so that a noisy neighbour hurts all alike; with `rounds`, the whole sequence again, so
+ * that the report can take each variant's median. Server CPU per request from /proc. On an
+ * eBPF path, the program's own counters must show at least one rewritten connect per connection opened.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { headerPairs } from './lib/http-response.ts';
+import { PATH_LABEL, usesEbpf, type InterceptPath } from './lib/intercept.ts';
 import { cpuSeconds } from './lib/procfs.ts';
-import type { SlotKind } from './loadgen.ts';
 import { AGENT_PORT, BASELINE_PORT } from './node.ts';
 import { runtime } from './runtime.ts';
 import { NODE_PODS, runGenerators, splitSlots, type LoadResult, type World } from './world.ts';
 
 export interface WarmRun extends Omit<LoadResult, 'histogram'> {
+  /** The interception the requests went through; absent in runs recorded before there was a choice: the DNAT. */
+  path?: InterceptPath;
+  /** Which round (1-based) of `--rounds`; absent in runs recorded before rounds existed. */
+  round?: number;
   server: 'agent' | 'baseline';
   mode: 'keep-alive' | 'new-connection';
   connections: number;
   server_cpu_us_per_req: number;
+  /** eBPF paths: connects the program rewrote during the run (warm-up included). */
+  ebpf_redirects?: number;
+  /**
+   * Connections the node namespace's conntrack held right after the run, its table flushed before (warm-up
+   * included; TIME_WAIT entries outlive the run). Absent without conntrack-tools.
+   */
+  conntrack_entries?: number;
 }
 
 export interface WarmSection {
@@ -26,13 +40,19 @@ export interface WarmSection {
   runs: WarmRun[];
 }
 
-export async function warmSection(world: World, opts: { warmupMs: number; durationMs: number; connections: number[] }, log: (m: string) => void): Promise<WarmSection> {
+export async function warmSection(
+  world: World,
+  opts: { warmupMs: number; durationMs: number; connections: number[]; paths: readonly InterceptPath[]; rounds?: number },
+  log: (m: string) => void,
+): Promise<WarmSection> {
   const { node, sb, gens } = world;
-  // No --iptables here: the rule is installed by `kiam iptables install` and switched between the two servers.
-  const agent = await node.startAgent({ iptables: false });
+  const [first] = opts.paths;
+  if (!first) throw new Error('warm: no interception path');
+  // No interception of the agent's own: `kiam intercept install` installs it and switches it between the servers.
+  const agent = await node.startAgent({ intercept: 'none' });
   await node.waitForMetric('kiam_pods_indexed', (v) => v >= NODE_PODS);
   await node.waitForMetric('kiam_credentials_cached_identities', (v) => v >= NODE_PODS);
-  await node.dnatTo(AGENT_PORT);
+  await node.redirect(first, AGENT_PORT);
 
   const src = gens[0].sources[0]!;
   const fetch = node.spawnInPod(gens[0].pod, 'bench/loadgen.ts', ['--fetch', JSON.stringify({ host: '169.254.169.254', port: 80, ip: src.ip, path: `/latest/meta-data/iam/security-credentials/${src.role}` })]);
@@ -48,35 +68,44 @@ export async function warmSection(world: World, opts: { warmupMs: number; durati
     { server: 'agent' as const, port: AGENT_PORT, pid: agent.pid },
     { server: 'baseline' as const, port: BASELINE_PORT, pid: baseline.pid },
   ];
+  const rounds = opts.rounds ?? 1;
+  const variants = (['keep-alive', 'new-connection'] as const).flatMap((mode) =>
+    opts.connections.flatMap((connections) => opts.paths.flatMap((path) => servers.map((s) => ({ mode, connections, path, s })))),
+  );
   const runs: WarmRun[] = [];
   try {
-    for (const mode of ['keep-alive', 'new-connection'] as const) {
-      const kind: SlotKind = mode === 'keep-alive' ? 'ka' : 'new';
-      for (const connections of opts.connections) {
-        for (const s of servers) {
-          await node.dnatTo(s.port);
-          let cpu0 = 0;
-          let cpu1 = 0;
-          const r = await runGenerators(world, splitSlots(connections, kind), opts, {
-            atStart: () => (cpu0 = cpuSeconds(s.pid).self),
-            atEnd: () => (cpu1 = cpuSeconds(s.pid).self),
-          });
-          const { histogram: _h, ...rest } = r;
-          const run: WarmRun = { server: s.server, mode, connections, ...rest, server_cpu_us_per_req: ((cpu1 - cpu0) * 1e6) / Math.max(1, r.requests) };
-          runs.push(run);
-          const late = r.generators.filter((g) => g.late_ms > 0);
-          if (late.length) log(`warm: a generator started ${Math.max(...late.map((g) => g.late_ms))} ms after the window opened (no warm-up for it)`);
-          log(
-            `warm ${s.server.padEnd(8)} ${mode.padEnd(14)} ${String(connections).padStart(2)} conn: ${r.rps.toFixed(0)} req/s, p50 ${r.p50_ms.toFixed(3)} p99 ${r.p99_ms.toFixed(3)} p99.9 ${r.p999_ms.toFixed(3)} ms, ` +
-              `${run.server_cpu_us_per_req.toFixed(1)} µs CPU/req, errors ${r.errors}, generators ${r.generators.map((g) => `${g.cpu_pct.toFixed(0)}%`).join('+')}`,
-          );
+    for (let round = 1; round <= rounds; round++) {
+      for (const { mode, connections, path, s } of variants) {
+        await node.redirect(path, s.port);
+        const redirects0 = usesEbpf(path) ? await node.ebpfRedirects() : 0;
+        const flushed = await node.flushConntrack();
+        let cpu0 = 0;
+        let cpu1 = 0;
+        const r = await runGenerators(world, splitSlots(connections, mode === 'keep-alive' ? 'ka' : 'new'), opts, {
+          atStart: () => (cpu0 = cpuSeconds(s.pid).self),
+          atEnd: () => (cpu1 = cpuSeconds(s.pid).self),
+        });
+        const { histogram: _h, ...rest } = r;
+        const run: WarmRun = { path, ...(rounds > 1 ? { round } : {}), server: s.server, mode, connections, ...rest, server_cpu_us_per_req: ((cpu1 - cpu0) * 1e6) / Math.max(1, r.requests) };
+        if (flushed) run.conntrack_entries = await node.conntrackCount();
+        if (usesEbpf(path)) {
+          run.ebpf_redirects = (await node.ebpfRedirects()) - redirects0;
+          const opened = r.generators.reduce((n, g) => n + g.connections, 0);
+          if (run.ebpf_redirects < opened) throw new Error(`warm ${path}: the eBPF program rewrote ${run.ebpf_redirects} connects, the generators opened ${opened} connections`);
         }
+        runs.push(run);
+        const late = r.generators.filter((g) => g.late_ms > 0);
+        if (late.length) log(`warm: a generator started ${Math.max(...late.map((g) => g.late_ms))} ms after the window opened (no warm-up for it)`);
+        log(
+          `warm ${rounds > 1 ? `round ${round}/${rounds} ` : ''}${PATH_LABEL[path].padEnd(4)} ${s.server.padEnd(8)} ${mode.padEnd(14)} ${String(connections).padStart(2)} conn: ${r.rps.toFixed(0)} req/s, p50 ${r.p50_ms.toFixed(3)} p99 ${r.p99_ms.toFixed(3)} p99.9 ${r.p999_ms.toFixed(3)} ms, ` +
+            `${run.server_cpu_us_per_req.toFixed(1)} µs CPU/req, errors ${r.errors},${run.conntrack_entries === undefined ? '' : ` conntrack ${run.conntrack_entries},`} generators ${r.generators.map((g) => `${g.cpu_pct.toFixed(0)}%`).join('+')}`,
+        );
       }
     }
   } finally {
     await baseline.stop(3_000);
     await node.stopAgent();
-    await node.dnatTo(AGENT_PORT);
+    await node.removeInterception();
   }
   return { document_bytes: Buffer.from(captured.body, 'base64').length, document_headers: headers, runs };
 }

@@ -36,8 +36,12 @@ export interface World {
 
 export const roleName = (i: number) => `role-${String(i % ROLES).padStart(2, '0')}`;
 
-export async function createWorld(log: (msg: string) => void): Promise<World> {
-  const sb = await Sandbox.create({ prefix: PREFIX, sweep: true });
+/**
+ * `cgroup`: the sandbox gets a private cgroup2 mount with a child cgroup holding every process it starts (the
+ * generators, the pods, the agent) and a private bpffs: where the eBPF path attaches its programs.
+ */
+export async function createWorld(log: (msg: string) => void, opts: { cgroup?: boolean } = {}): Promise<World> {
+  const sb = await Sandbox.create({ prefix: PREFIX, sweep: true, cgroup: opts.cgroup ?? false });
   try {
     log('starting the fakes (metadata, STS, API server)');
     const node = await BenchNode.start(sb);
@@ -53,6 +57,12 @@ export async function createWorld(log: (msg: string) => void): Promise<World> {
       return { pod, sources, extra: ips.slice(1) };
     });
     await Promise.all(gens.map((g) => node.addSourceIps(g.pod, g.extra)));
+    // TCP timestamps without a random offset per destination (ip-sysctl.rst, tcp_timestamps = 2). The generators
+    // reuse source ports within the server's TIME_WAIT period, and the server sees the same 4-tuple whether the
+    // pod dialled 169.254.169.254 (DNAT) or the host IP (eBPF rewrite): with offsets that differ per destination,
+    // a SYN whose port last served the other path fails the TIME_WAIT PAWS check (RFC 7323, 5.) and waits for a
+    // SYN retransmission, which would be charged to whichever path runs second.
+    await Promise.all(gens.map((g) => sb.execOrThrow(g.pod.ns, ['sysctl', '-q', '-w', 'net.ipv4.tcp_timestamps=2'])));
     for (let i = nodePods.length, k = 1; i < NODE_PODS; i++, k++) {
       nodePods.push({ namespace: NAMESPACE, name: `app-${i}`, ip: `10.80.0.${k}`, node: NODE_NAME, role: roleName(i) });
     }
