@@ -4,7 +4,7 @@
  * words. None throws: whatever cannot be reached is a FAIL row.
  */
 import { DEFAULTS, type InterceptMode, type IptablesBackendChoice } from '../config.ts';
-import { detectBackend, type Backend } from '../netfilter/backend.ts';
+import { detectBackend, EBPF_DATAPLANE_INTERFACES, type Backend } from '../netfilter/backend.ts';
 import { readLive } from '../netfilter/ebpf/interceptor.ts';
 import { CONFIG_MAP, HOOKS, layout, plan, PROG_PREFIX, wantedConfig, type AttachedProg, type LiveState, type MountInfo, type Support } from '../netfilter/ebpf/plan.ts';
 import { DEFAULT_CGROUP_ROOT, resolveCgroupRoot } from '../netfilter/ebpf/support.ts';
@@ -168,13 +168,6 @@ export interface Dataplane {
   evidence: string;
 }
 
-/** The interfaces eBPF dataplanes create (the ones netfilterBypassWarnings in netfilter/backend.ts looks for). */
-const EBPF_DATAPLANES: Array<[string, string]> = [
-  ['cilium_host', 'Cilium eBPF'],
-  ['bpfin.cali', 'Calico eBPF'],
-  ['bpfnatin', 'Calico eBPF'],
-];
-
 export function detectDataplane(listInterfaces: () => string[]): Dataplane {
   let names: Set<string>;
   try {
@@ -182,7 +175,7 @@ export function detectDataplane(listInterfaces: () => string[]): Dataplane {
   } catch (err) {
     return { kind: 'unknown', name: 'unknown', evidence: `cannot list the interfaces: ${message(err)}` };
   }
-  const found = EBPF_DATAPLANES.filter(([iface]) => names.has(iface));
+  const found = EBPF_DATAPLANE_INTERFACES.filter(([iface]) => names.has(iface));
   if (found.length === 0) return { kind: 'netfilter', name: 'netfilter', evidence: 'no cilium_host, bpfin.cali or bpfnatin interface' };
   return { kind: 'ebpf', name: [...new Set(found.map(([, n]) => n))].join(' and '), evidence: `${found.map(([i]) => i).join(', ')} found` };
 }

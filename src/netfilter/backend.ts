@@ -92,19 +92,22 @@ function firstLine(text: string): string {
   return text.trim().split('\n')[0] || 'no output';
 }
 
-/** Interfaces that eBPF dataplanes create, with what they mean for the DNAT. */
-const BYPASS_HINTS: Array<{ iface: string; warning: string }> = [
-  {
-    iface: 'cilium_host',
-    warning:
-      'Cilium found (cilium_host): with eBPF host routing, pod traffic bypasses netfilter and the metadata DNAT never applies; ' +
-      'use bpf.hostLegacyRouting=true or check that pods really reach the agent',
-  },
-  ...['bpfin.cali', 'bpfnatin'].map((iface) => ({
-    iface,
-    warning: `Calico eBPF dataplane found (${iface}): pod traffic may bypass iptables nat PREROUTING and the metadata DNAT`,
-  })),
+/** Interfaces that eBPF dataplanes create, and the dataplane each names (doctor's dataplane row reads this too). */
+export const EBPF_DATAPLANE_INTERFACES: ReadonlyArray<readonly [iface: string, dataplane: string]> = [
+  ['cilium_host', 'Cilium eBPF'],
+  ['bpfin.cali', 'Calico eBPF'],
+  ['bpfnatin', 'Calico eBPF'],
 ];
+
+/** What each of those interfaces means for the DNAT. */
+const BYPASS_HINTS: Array<{ iface: string; warning: string }> = EBPF_DATAPLANE_INTERFACES.map(([iface, dataplane]) => ({
+  iface,
+  warning:
+    dataplane === 'Cilium eBPF'
+      ? `Cilium found (${iface}): with eBPF host routing, pod traffic bypasses netfilter and the metadata DNAT never applies; ` +
+        'use bpf.hostLegacyRouting=true or check that pods really reach the agent'
+      : `Calico eBPF dataplane found (${iface}): pod traffic may bypass iptables nat PREROUTING and the metadata DNAT`,
+}));
 
 /**
  * Warnings for dataplanes that may bypass the iptables nat table. Cheap: one directory listing.
