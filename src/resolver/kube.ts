@@ -3,10 +3,17 @@
  *
  * - A node-scoped ListWatch of pods (`spec.nodeName=NODE` on the list AND the watch, bookmarks on) and a
  *   cluster-wide ListWatch of namespaces, each restarted with exponential backoff whenever client-node's
- *   informer stops on an error (it does on a failed list or a non-200/410 watch: toolchain.md).
+ *   informer stops on an error (it does on a failed list or on a watch answered other than 200 or 410).
  * - Objects are slimmed to the few fields we use before client-node caches them (memory on every node).
  * - Lists and the live look-up by IP are plain HTTPS GETs authenticated by the KubeConfig: no generated API
  *   client, no model deserialisation.
+ * - Each reflector knows when its objects were last known to be in sync (syncState): a list applied, or a watch
+ *   event or bookmark received; and since when they are known not to be (a failed or expired watch, a silent
+ *   one). Every watch asks `timeoutSeconds` of WATCH_TIMEOUT_SECONDS (jittered down by up to 5 s): the API
+ *   server's watch cache sends a bookmark 2 s before a watch's deadline, besides one about every minute
+ *   (kubernetes/kubernetes staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go, nextBookmarkTime),
+ *   so a healthy quiet watch proves itself at least every 30 s. A watch that delivers no event or bookmark for
+ *   silentWatchMs is aborted and resumed from its resourceVersion.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -14,7 +21,7 @@ import { KubeConfig, ListWatch, Watch, type KubernetesListObject, type Kubernete
 import type { Logger } from 'pino';
 import { systemClock, type Clock, type Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import type { NamespaceSource, PodSource, SourceEvents } from './lookup.ts';
+import type { NamespaceSource, PodSource, SourceEvents, SyncState } from './lookup.ts';
 import { canonicalIp, EXTERNAL_ID_ANNOTATION, isLive, ROLE_ANNOTATION, toPodInfo, type PodInfo } from './pod-index.ts';
 import type { NamespaceInfo } from './types.ts';
 
@@ -48,6 +55,14 @@ export interface BackoffOptions {
   jitter?: number;
 }
 
+/**
+ * Each watch asks the API server to end it after this many seconds (minus up to 5 s of jitter, so that agents
+ * restarted together do not re-watch in step); the server sends a bookmark 2 s before (see the header).
+ */
+export const WATCH_TIMEOUT_SECONDS = 30;
+/** A watch that delivers no event or bookmark for this long is aborted and resumed from its resourceVersion. */
+export const SILENT_WATCH_MS = 40_000;
+
 export interface KubeSourceOptions {
   kubeConfig: KubeConfig;
   nodeName: string;
@@ -63,6 +78,10 @@ export interface KubeSourceOptions {
    * most once per this many ms; look-ups in between share its answer. Default 1000 ms.
    */
   nodeListIntervalMs?: number;
+  /** A watch silent (no event, no bookmark) for this long is aborted and resumed. Default SILENT_WATCH_MS. */
+  silentWatchMs?: number;
+  /** timeoutSeconds asked of each watch (jittered down by up to 5 s, never below 1). Default WATCH_TIMEOUT_SECONDS. */
+  watchTimeoutSeconds?: number;
 }
 
 export class KubeHttpError extends Error {
@@ -191,7 +210,28 @@ function toNamespaceInfo(ns: SlimNamespace): NamespaceInfo {
   return { name: ns.metadata.name ?? '', annotations: ns.metadata.annotations ?? {} };
 }
 
-/** A Watch that slims each object before ListWatch sees (and caches) it, and that can be shut. */
+/** What a SlimWatch reports to its reflector. */
+interface WatchHooks {
+  clock: Clock;
+  silentMs: number;
+  timeoutSeconds(): number;
+  /** A watch request is about to be made. */
+  started(): void;
+  /** A line of the stream (ADDED, MODIFIED, DELETED, BOOKMARK or ERROR). */
+  event(type: string, obj: Raw | undefined): void;
+  /** The stream ended: err as reported to ListWatch; silent: the watchdog ended it. Not called once closed. */
+  ended(err: unknown, silent: boolean): void;
+}
+
+function timeoutError(message: string): Error {
+  return new DOMException(message, 'TimeoutError');
+}
+
+/**
+ * A Watch that slims each object before ListWatch sees (and caches) it, that asks timeoutSeconds, that aborts a
+ * stream silent for hooks.silentMs (reported to ListWatch as a TimeoutError, on which it resumes at once from its
+ * resourceVersion), and that can be shut.
+ */
 class SlimWatch extends Watch {
   private readonly controllers = new Set<AbortController>();
   closed = false;
@@ -199,8 +239,12 @@ class SlimWatch extends Watch {
   constructor(
     kc: KubeConfig,
     private readonly slim: (raw: Raw) => KubernetesObject,
+    private readonly hooks: WatchHooks,
   ) {
     super(kc);
+    // client-node's own inactivity timeout (30 s of real time, kubernetes-client/javascript#3022; a private field in
+    // its types) stays as a backstop behind ours, which runs on the clock.
+    (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = hooks.silentMs + 5000;
   }
 
   override async watch(
@@ -209,18 +253,52 @@ class SlimWatch extends Watch {
     callback: (phase: string, apiObj: any, watchObj?: any) => void, // eslint-disable-line @typescript-eslint/no-explicit-any
     done: (err: any) => void, // eslint-disable-line @typescript-eslint/no-explicit-any
   ): Promise<AbortController> {
+    const { clock, silentMs } = this.hooks;
     let controller: AbortController | undefined;
+    let silent = false;
+    let ended = false;
+    let watchdog: Timer | undefined;
+    const reason = () => timeoutError(`no event or bookmark for ${silentMs} ms`);
+    const arm = () => {
+      watchdog?.cancel();
+      watchdog = clock.setTimeout(() => {
+        watchdog = undefined;
+        silent = true;
+        controller?.abort(reason());
+      }, silentMs);
+    };
     const slimCallback = (phase: string, obj: Raw) => {
+      if (ended) return;
+      arm();
+      this.hooks.event(phase, obj && typeof obj === 'object' ? obj : undefined);
       if ((phase === 'ADDED' || phase === 'MODIFIED' || phase === 'DELETED') && obj && typeof obj === 'object') callback(phase, this.slim(obj));
       else callback(phase, obj);
     };
     const wrappedDone = (err: unknown) => {
+      if (ended) return;
+      ended = true;
+      watchdog?.cancel();
       if (controller) this.controllers.delete(controller);
-      done(err);
+      const reported = silent ? reason() : err;
+      if (!this.closed) this.hooks.ended(reported, silent);
+      done(reported);
     };
-    controller = await super.watch(path, queryParams, slimCallback, wrappedDone);
+    this.hooks.started();
+    arm();
+    const timeoutSeconds = this.hooks.timeoutSeconds();
+    try {
+      controller = await super.watch(path, { ...queryParams, timeoutSeconds }, slimCallback, wrappedDone);
+    } catch (err) {
+      // Thrown before any request was made (no current cluster, credentials): nothing will call done.
+      ended = true;
+      watchdog?.cancel();
+      throw err;
+    }
     if (this.closed) controller.abort();
-    else this.controllers.add(controller);
+    else if (!ended) {
+      this.controllers.add(controller);
+      if (silent) controller.abort(reason()); // the watchdog fired while the request was being answered
+    }
     return controller;
   }
 
@@ -241,10 +319,26 @@ interface ReflectorOptions<T extends KubernetesObject, I> {
 
 const never = <T>() => new Promise<T>(() => {});
 
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** An HTTP 410 from the watch request itself (client-node puts the status on the error). */
+function isGone(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && ((err as { statusCode?: unknown }).statusCode === 410 || (err as { code?: unknown }).code === 410);
+}
+
 /**
  * One resource's ListWatch with restart-on-error. client-node's ListWatch has races on stop (a list or a
  * reconnect delay in flight starts a new watch afterwards): its list, delay and watch are all ours and
  * go quiet once stopped.
+ *
+ * Two changes to ListWatch's pacing. A list is followed by its watch at once: ListWatch waits its reconnect delay
+ * between the two, which during a run of 410s (each watch expired at once, each relist followed by a growing
+ * delay) left the index as old as that delay, up to 30 s. The backoff of such a run goes before the relist
+ * instead: the first relist after a watch that delivered something is immediate, the next ones wait 1, 2, 4 … s
+ * (the backoff options), so the index is never older than its last list while it lasts, and the resolver knows it
+ * is not in sync (syncState) from the 410 to the next list.
  */
 class Reflector<T extends KubernetesObject, I> {
   private informer: ListWatch<T> | undefined;
@@ -257,6 +351,14 @@ class Reflector<T extends KubernetesObject, I> {
   private readonly stopController = new AbortController();
   private readonly delayTimers = new Set<Timer>();
   private readonly clock: Clock;
+  /** Lists since a watch last delivered an event or a bookmark (paces relists after 410s). */
+  private relists = 0;
+  /** The watch expired (410): the next list is a relist. */
+  private expired = false;
+  /** A list has completed since the last watch request: its watch must start without delay. */
+  private listedSinceWatch = false;
+  /** Read by the resolver on every request: mutated in place, never replaced. */
+  readonly state: SyncState = { syncedAt: undefined, lost: 'not listed yet' };
 
   constructor(
     private readonly common: KubeSourceOptions,
@@ -270,7 +372,17 @@ class Reflector<T extends KubernetesObject, I> {
     this.events = events;
     const { kubeConfig } = this.common;
     const { path, fieldSelector, convert } = this.opts;
-    this.watch = new SlimWatch(kubeConfig, this.opts.slim);
+    const timeout = Math.max(1, Math.round(this.common.watchTimeoutSeconds ?? WATCH_TIMEOUT_SECONDS));
+    this.watch = new SlimWatch(kubeConfig, this.opts.slim, {
+      clock: this.clock,
+      silentMs: this.common.silentWatchMs ?? SILENT_WATCH_MS,
+      timeoutSeconds: () => Math.max(1, timeout - Math.floor(Math.random() * Math.min(6, timeout))),
+      started: () => {
+        this.listedSinceWatch = false;
+      },
+      event: (type, obj) => this.onWatchEvent(type, obj),
+      ended: (err, silent) => this.onWatchEnded(err, silent),
+    });
     const informer = new ListWatch<T>(`${path}?allowWatchBookmarks=true`, this.watch, () => this.list(), false, undefined, fieldSelector, {
       delayFn: (ms) => this.delay(ms),
     });
@@ -308,6 +420,10 @@ class Reflector<T extends KubernetesObject, I> {
 
   private async list(): Promise<KubernetesListObject<T>> {
     const { path, fieldSelector, slim } = this.opts;
+    if (this.expired) {
+      this.expired = false;
+      if (this.relists > 0) await this.wait(this.backoffMs(this.relists - 1));
+    }
     const query = fieldSelector ? `?fieldSelector=${encodeURIComponent(fieldSelector)}` : '';
     const signal = AbortSignal.any([this.stopController.signal, AbortSignal.timeout(this.common.listTimeoutMs ?? 30_000)]);
     const body = (await kubeGetJson(this.common.kubeConfig, path + query, signal)) as Raw;
@@ -315,8 +431,12 @@ class Reflector<T extends KubernetesObject, I> {
     if (!body || !Array.isArray(body.items)) throw new Error(`GET ${path}: not a list`);
     const items = (body.items as Raw[]).map(slim);
     this.attempt = 0;
+    this.relists++;
+    this.listedSinceWatch = true;
+    // ListWatch applies the list synchronously once this promise resolves: nothing can read the index in between.
+    this.markSynced();
     if (!this.synced) {
-      // ListWatch applies the list synchronously once this promise resolves: report after it.
+      // Report synced after ListWatch has applied the list.
       setImmediate(() => {
         if (this.stopped || this.synced) return;
         this.synced = true;
@@ -327,8 +447,14 @@ class Reflector<T extends KubernetesObject, I> {
     return { metadata: { resourceVersion: String(body.metadata?.resourceVersion ?? '') }, items };
   }
 
-  /** ListWatch's reconnect delay; never resolves once stopped (so no watch starts after stop). */
+  /** ListWatch's reconnect delay: none between a list and its watch; never resolves once stopped. */
   private delay(ms: number): Promise<void> {
+    if (this.listedSinceWatch && !this.stopped) return Promise.resolve();
+    return this.wait(ms);
+  }
+
+  /** Resolves after ms on the clock; never once stopped (so no list or watch starts after stop). */
+  private wait(ms: number): Promise<void> {
     if (this.stopped) return never();
     return new Promise((resolve) => {
       const t = this.clock.setTimeout(() => {
@@ -339,16 +465,57 @@ class Reflector<T extends KubernetesObject, I> {
     });
   }
 
+  private backoffMs(attempt: number): number {
+    const { initialMs = 1000, maxMs = 30_000, jitter = 0.2 } = this.common.backoff ?? {};
+    const base = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+    return Math.max(0, Math.round(Math.min(maxMs, base * (1 + jitter * (Math.random() * 2 - 1)))));
+  }
+
+  private onWatchEvent(type: string, obj: Raw | undefined): void {
+    if (this.stopped) return;
+    if (type === 'ERROR') {
+      const code = typeof obj?.code === 'number' ? obj.code : undefined;
+      if (code === 410) this.expired = true;
+      this.markLost(`watch error${code ? ` ${code}` : ''}: ${String(obj?.message ?? obj?.reason ?? 'no message').slice(0, 200)}`);
+      return;
+    }
+    if (type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED' || type === 'BOOKMARK') {
+      this.relists = 0;
+      this.markSynced();
+    }
+  }
+
+  private onWatchEnded(err: unknown, silent: boolean): void {
+    if (this.stopped) return;
+    if (silent) this.markLost(`watch silent: no event or bookmark for ${this.common.silentWatchMs ?? SILENT_WATCH_MS} ms; resuming it`);
+    else if (isGone(err)) {
+      this.expired = true;
+      this.markLost('watch answered 410 Gone; relisting');
+    } else if (err) this.markLost(`watch failed: ${errorText(err)}`);
+    // A watch the server ended cleanly (its timeoutSeconds) is resumed at once from its resourceVersion: nothing lost.
+  }
+
+  private markSynced(): void {
+    const { state } = this;
+    const now = this.clock.now();
+    if (state.lost !== undefined && state.syncedAt !== undefined) {
+      this.common.logger.info({ resource: this.opts.resource, outOfSyncMs: now - state.syncedAt }, 'watch in sync again');
+    }
+    state.syncedAt = now;
+    state.lost = undefined;
+  }
+
+  private markLost(reason: string): void {
+    if (this.state.lost === undefined) this.common.logger.warn({ resource: this.opts.resource, reason }, 'watch out of sync');
+    this.state.lost = reason;
+  }
+
   private onError(err: unknown): void {
     if (this.stopped) return; // stop() aborts the watch, which client-node reports as an error
-    const { initialMs = 1000, maxMs = 30_000, jitter = 0.2 } = this.common.backoff ?? {};
-    const base = Math.min(maxMs, initialMs * 2 ** Math.min(this.attempt, 30));
-    const delay = Math.max(0, Math.round(Math.min(maxMs, base * (1 + jitter * (Math.random() * 2 - 1)))));
+    this.markLost(errorText(err));
+    const delay = this.backoffMs(this.attempt);
     this.attempt++;
-    this.common.logger.warn(
-      { resource: this.opts.resource, err: err instanceof Error ? err.message : String(err), retryInMs: delay },
-      'watch stopped; restarting',
-    );
+    this.common.logger.warn({ resource: this.opts.resource, err: errorText(err), retryInMs: delay }, 'watch stopped; restarting');
     this.restartTimer?.cancel();
     this.restartTimer = this.clock.setTimeout(() => {
       this.restartTimer = undefined;
@@ -386,6 +553,15 @@ export class KubePodSource implements PodSource {
     return this.reflector.stop();
   }
 
+  syncState(): SyncState {
+    return this.reflector.state;
+  }
+
+  /** This node's pods by one LIST, within timeoutMs; shared as listByIp's fallback is (at most one per nodeListIntervalMs). */
+  listNode(timeoutMs: number): Promise<PodInfo[]> {
+    return this.sharedNodeList(AbortSignal.timeout(Math.max(1, timeoutMs)));
+  }
+
   /**
    * This node's pods holding ip, within timeoutMs for everything. First one GET with the field selector
    * `spec.nodeName=NODE,status.podIP=IP`. A field selector cannot find a pod by a secondary IP: the only
@@ -404,11 +580,11 @@ export class KubePodSource implements PodSource {
     const selector = `spec.nodeName=${fieldValue(this.options.nodeName)},status.podIP=${fieldValue(ip)}`;
     const byPrimary = await this.listPods(selector, signal);
     if (byPrimary.some((p) => isLive(p) && p.ips.includes(ip))) return byPrimary;
-    const all = await this.listNode(signal);
+    const all = await this.sharedNodeList(signal);
     return all.filter((p) => p.ips.includes(ip));
   }
 
-  private listNode(signal: AbortSignal): Promise<PodInfo[]> {
+  private sharedNodeList(signal: AbortSignal): Promise<PodInfo[]> {
     const now = this.clock.now();
     const last = this.nodeList;
     if (last && (!last.settled || now - last.startedAt < (this.options.nodeListIntervalMs ?? 1000))) return last.pods;
@@ -447,6 +623,10 @@ export class KubeNamespaceSource implements NamespaceSource {
 
   stop(): Promise<void> {
     return this.reflector.stop();
+  }
+
+  syncState(): SyncState {
+    return this.reflector.state;
   }
 }
 

@@ -1,7 +1,16 @@
 /**
  * The Resolver: source IP → pod of this node → role, answered from the watch-fed index. An IP not yet
- * known waits for the watch (event driven, bounded by podWaitMs), then one live GET (peers.md pain 1).
+ * known waits for the watch (event driven, bounded by podWaitMs), then one live GET.
  * Structurally implements IdentityLookup of src/server/ports.ts; main.ts wires it.
+ *
+ * The index is trusted only while it is known fresh: the pod source reported it in sync (a list applied, a watch
+ * event or a bookmark) within freshForMs, and nothing since says it is not (a failed, expired or silent watch).
+ * Otherwise every answer comes from a confirmation: one live GET of the source IP (CONFIRM_TTL_MS per IP, at most
+ * CONFIRM_RATE a second across IPs; beyond that one shared LIST of this node's pods), which is what the pod gets.
+ * When that GET cannot reach the API server at all (a network error, a timeout, a 5xx), the API is taken to be down
+ * for everyone: no pod can be created and no IP handed over, so the pod the index knows on that IP keeps being
+ * served (static stability). When the API answers but refuses (401, 403, 429), it is up for others: nothing is
+ * served from the index.
  */
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
@@ -20,19 +29,42 @@ export interface SourceEvents<T> {
   synced(): void;
 }
 
+/** How current a watch-fed source is. The source mutates one object in place; readers must not. */
+export interface SyncState {
+  /** When its objects were last known to be in sync (a list applied, a watch event or bookmark), clock ms. */
+  syncedAt: number | undefined;
+  /** Why they are known not to be since then (a failed, expired or silent watch); undefined when nothing is known. */
+  lost: string | undefined;
+}
+
 export interface PodSource {
   start(events: SourceEvents<PodInfo>): void;
   stop(): Promise<void>;
   /**
    * A live look-up of this node's pods holding ip, as their primary or any other IP (any liveness), within
-   * timeoutMs. Rejects on error or timeout.
+   * timeoutMs. Rejects on error or timeout; an error the API server answered carries its HTTP `statusCode`.
    */
   listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]>;
+  /** All of this node's pods by one LIST, shared between callers (rejects as listByIp). Optional. */
+  listNode?(timeoutMs: number): Promise<PodInfo[]>;
+  /** Optional: without it the index counts as fresh from its first sync on. */
+  syncState?(): SyncState;
 }
 
 export interface NamespaceSource {
   start(events: SourceEvents<NamespaceInfo>): void;
   stop(): Promise<void>;
+  syncState?(): SyncState;
+}
+
+/** The pod index's freshness, for /readyz, /debug/state, doctor and the metrics. */
+export interface IndexFreshness {
+  /** Known in sync within freshForMs and nothing known against it: answers come from the index. */
+  fresh: boolean;
+  /** When it was last known in sync (clock ms), undefined before the first list. */
+  syncedAt: number | undefined;
+  /** Why it is not known fresh, when it is not. */
+  reason: string | undefined;
 }
 
 export type IdentityListener = (podUid: string, lookup: Lookup | undefined) => void;
@@ -54,10 +86,34 @@ export interface ResolverOptions {
    * Default 5000 ms.
    */
   liveLookupHoldoffMs?: number;
+  /** The index is trusted this long after it was last known in sync. Default FRESH_FOR_MS. */
+  freshForMs?: number;
+  /** Time budget of a confirmation's live GET. Default 500 ms. */
+  confirmTimeoutMs?: number;
 }
 
 /** At most this many IPs are remembered as recently not found (oldest forgotten first). */
 const MAX_RECENT_MISSES = 1024;
+
+/**
+ * The index is trusted for this long after its last list, event or bookmark. A healthy watch proves itself at least
+ * every 30 s (kube.ts asks timeoutSeconds ≤ 30 and the API server sends a bookmark 2 s before it); 10 s of slack.
+ */
+export const FRESH_FOR_MS = 40_000;
+/** A confirmation (or its failure) answers the requests of its IP for this long. */
+export const CONFIRM_TTL_MS = 1000;
+/** Confirmations by one GET per IP: at most this many a second (a burst of as many), then the shared LIST. */
+export const CONFIRM_RATE = 10;
+/** At most this many IPs' confirmations are remembered (oldest forgotten first). */
+const MAX_CONFIRMATIONS = 1024;
+
+/** What a live GET said about an IP while the index was not fresh. */
+type Confirmation =
+  | { kind: 'answer'; answer: Lookup }
+  /** The API server could not be reached: serve the index (static stability). */
+  | { kind: 'unavailable' }
+  /** The API server answered with a refusal: serve nothing. */
+  | { kind: 'refused' };
 
 const UNKNOWN: Lookup = { kind: 'unknown' };
 const AMBIGUOUS: Lookup = { kind: 'ambiguous' };
@@ -97,11 +153,29 @@ export class Resolver {
   private started = false;
   private stopped = false;
   private readyWaiters: Array<() => void> = [];
+  private readonly freshForMs: number;
+  private readonly confirmTimeoutMs: number;
+  /** IP → the last confirmation and when it was made. */
+  private readonly confirmations = new Map<string, { at: number; result: Confirmation }>();
+  private readonly confirming = new Map<string, Promise<Lookup>>();
+  /** Token bucket of the per-IP confirmation GETs. */
+  private confirmTokens = CONFIRM_RATE;
+  private confirmTokensAt = 0;
+  private wasFresh = true;
+  /** What confirmations have logged at info/warn since the index was last fresh (once each; then debug). */
+  private readonly confirmLogged = new Set<string>();
 
   constructor(private readonly opts: ResolverOptions) {
     this.podWaitMs = opts.podWaitMs ?? 800;
     this.liveLookupTimeoutMs = opts.liveLookupTimeoutMs ?? 150;
     this.liveLookupHoldoffMs = opts.liveLookupHoldoffMs ?? 5000;
+    this.freshForMs = opts.freshForMs ?? FRESH_FOR_MS;
+    this.confirmTimeoutMs = opts.confirmTimeoutMs ?? 500;
+    this.confirmTokensAt = opts.clock.now();
+    opts.metrics.podIndexSource = () => {
+      const { fresh, syncedAt } = this.freshness();
+      return { fresh, stalenessSeconds: syncedAt === undefined ? undefined : Math.max(0, opts.clock.now() - syncedAt) / 1000 };
+    };
   }
 
   start(): void {
@@ -134,6 +208,35 @@ export class Resolver {
   /** Both watches have applied their first list. */
   ready(): boolean {
     return this.podsSynced && this.namespacesSynced;
+  }
+
+  /** Whether answers come from the index now, since when it is in sync, and why not. */
+  freshness(): IndexFreshness {
+    const state = this.opts.pods.syncState?.();
+    const fresh = this.isFresh();
+    if (!state) return { fresh, syncedAt: undefined, reason: undefined };
+    let reason: string | undefined;
+    if (!fresh) reason = state.lost ?? (state.syncedAt === undefined ? 'not synced yet' : `no list, event or bookmark for ${this.freshForMs / 1000} s`);
+    return { fresh, syncedAt: state.syncedAt, reason };
+  }
+
+  /** The namespace watch's state (reported, never gating: a namespace's policy is re-read on its next event). */
+  namespaceSync(): SyncState | undefined {
+    return this.opts.namespaces.syncState?.();
+  }
+
+  /** On every request: cheap (no allocation). */
+  private isFresh(): boolean {
+    const state = this.opts.pods.syncState?.();
+    if (!state) return true;
+    const fresh = state.lost === undefined && state.syncedAt !== undefined && this.opts.clock.now() - state.syncedAt <= this.freshForMs;
+    if (fresh !== this.wasFresh) {
+      this.wasFresh = fresh;
+      this.confirmLogged.clear();
+      if (fresh) this.opts.logger.info('pod index fresh again: answering from it');
+      else this.opts.logger.warn({ reason: state.lost ?? 'no list, event or bookmark lately' }, 'pod index not known fresh: each pod is confirmed by a live GET before it is answered');
+    }
+    return fresh;
   }
 
   /** Resolves once ready(), or rejects with the signal's reason. */
@@ -181,10 +284,12 @@ export class Resolver {
 
   /**
    * What lookup() answers at once for an IP the index holds (without waiting, counting or logging); undefined
-   * for an IP it does not (lookup() then waits and looks it up). Synchronous: the server's warm path.
+   * for an IP it does not (lookup() then waits and looks it up). Synchronous: the server's warm path. While the
+   * index is not fresh, only a confirmation still valid answers here.
    */
   peek(ip: string): Lookup | undefined {
-    return this.fromIndex(ip);
+    if (this.isFresh()) return this.fromIndex(ip);
+    return this.fromConfirmation(canonicalIp(ip));
   }
 
   /**
@@ -195,6 +300,16 @@ export class Resolver {
   async lookup(rawIp: string): Promise<Lookup> {
     const ip = canonicalIp(rawIp);
     try {
+      if (!this.isFresh()) {
+        const confirmed = this.fromConfirmation(ip);
+        if (confirmed) return this.account(confirmed);
+        let confirming = this.confirming.get(ip);
+        if (!confirming) {
+          confirming = this.confirm(ip).finally(() => this.confirming.delete(ip));
+          this.confirming.set(ip, confirming);
+        }
+        return this.account(await confirming);
+      }
       const fast = this.fromIndex(ip);
       if (fast) return this.account(fast);
       let pending = this.inflight.get(ip);
@@ -257,6 +372,79 @@ export class Resolver {
     }
     logger.info({ pod: m.pod.name, namespace: m.pod.namespace, ip }, 'pod found by live look-up before the watch reported it');
     return this.evaluate(m.pod);
+  }
+
+  /** The answer of a confirmation of ip still valid, or undefined. */
+  private fromConfirmation(ip: string): Lookup | undefined {
+    const entry = this.confirmations.get(ip);
+    if (!entry || this.opts.clock.now() - entry.at >= CONFIRM_TTL_MS) return undefined;
+    switch (entry.result.kind) {
+      case 'answer':
+        return entry.result.answer;
+      case 'unavailable':
+        return this.fromIndex(ip) ?? UNKNOWN;
+      case 'refused':
+        return UNKNOWN;
+    }
+  }
+
+  /** One live look-up of ip while the index is not fresh: what it says is the answer (see the header). */
+  private async confirm(ip: string): Promise<Lookup> {
+    const { clock, pods, metrics, logger } = this.opts;
+    const indexed = this.index.byIp(ip);
+    const startedAt = clock.now();
+    let result: Confirmation;
+    try {
+      const candidates = this.takeConfirmToken() || !pods.listNode ? await pods.listByIp(ip, this.confirmTimeoutMs) : (await pods.listNode(this.confirmTimeoutMs)).filter((p) => p.ips.includes(ip));
+      const m = matchLive(candidates, ip);
+      if (m.kind === 'pod') {
+        const same = indexed.kind === 'pod' && indexed.pod.uid === m.pod.uid && indexed.pod.role === m.pod.role && indexed.pod.externalId === m.pod.externalId;
+        result = { kind: 'answer', answer: same ? (this.answers.get(m.pod.uid) ?? this.evaluate(m.pod)) : this.evaluate(m.pod) };
+        metrics.confirmations.inc({ result: same ? 'same' : 'differs' });
+        if (!same) {
+          const fields = { ip, pod: m.pod.name, namespace: m.pod.namespace, indexed: indexed.kind === 'pod' ? `${indexed.pod.namespace}/${indexed.pod.name}` : indexed.kind };
+          if (this.logOnce(`differs ${ip} ${m.pod.uid}`)) logger.info(fields, 'live GET found another pod than the stale index: answering for it');
+          else logger.debug(fields, 'live GET found another pod than the stale index: answering for it');
+        }
+      } else {
+        result = { kind: 'answer', answer: m.kind === 'ambiguous' ? AMBIGUOUS : UNKNOWN };
+        metrics.confirmations.inc({ result: indexed.kind === m.kind ? 'same' : 'differs' });
+      }
+    } catch (err) {
+      const status = (err as { statusCode?: unknown } | null)?.statusCode;
+      const refused = typeof status === 'number' && status < 500;
+      result = refused ? { kind: 'refused' } : { kind: 'unavailable' };
+      metrics.confirmations.inc({ result: refused ? 'refused' : 'unavailable' });
+      const fields = { err: errorMessage(err), ip, served: refused ? 'nothing' : indexed.kind === 'pod' ? `${indexed.pod.namespace}/${indexed.pod.name}` : 'nothing (not indexed)' };
+      const msg = refused ? 'live GET refused while the pod index is not fresh: not answering from the index' : 'API server unreachable while the pod index is not fresh: answering from the index';
+      if (this.logOnce(result.kind)) logger.warn(fields, msg);
+      else logger.debug(fields, msg);
+    }
+    if (!this.stopped) {
+      this.confirmations.delete(ip);
+      if (this.confirmations.size >= MAX_CONFIRMATIONS) this.confirmations.delete(this.confirmations.keys().next().value!);
+      // The TTL runs from before the GET: the answer is no older than that.
+      this.confirmations.set(ip, { at: startedAt, result });
+    }
+    return this.fromConfirmation(ip) ?? (result.kind === 'answer' ? result.answer : result.kind === 'unavailable' ? (this.fromIndex(ip) ?? UNKNOWN) : UNKNOWN);
+  }
+
+  /** True the first time key is seen since the index was last fresh (bounded). */
+  private logOnce(key: string): boolean {
+    if (this.confirmLogged.has(key)) return false;
+    if (this.confirmLogged.size >= MAX_CONFIRMATIONS) this.confirmLogged.clear();
+    this.confirmLogged.add(key);
+    return true;
+  }
+
+  /** A token of the per-IP GETs' bucket (CONFIRM_RATE a second, as many at once), or false: use the shared LIST. */
+  private takeConfirmToken(): boolean {
+    const now = this.opts.clock.now();
+    this.confirmTokens = Math.min(CONFIRM_RATE, this.confirmTokens + ((now - this.confirmTokensAt) * CONFIRM_RATE) / 1000);
+    this.confirmTokensAt = now;
+    if (this.confirmTokens < 1) return false;
+    this.confirmTokens -= 1;
+    return true;
   }
 
   /** Count a source that is no pod of this node (or more than one). */

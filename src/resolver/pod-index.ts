@@ -1,9 +1,12 @@
 /**
  * Pure IP → pod index of this node's live pods. No I/O: the kube adapter feeds it PodInfo.
  *
- * Only live pods are indexed (peers.md pain 2): a pod that has finished (Succeeded/Failed), is being
- * deleted, runs in the host network, or has no IP yet cannot be the one asking. Two live pods on one IP
- * is ambiguous: callers fail closed.
+ * Only live pods are indexed: a pod that has finished (Succeeded/Failed), runs in the host network, or has no IP
+ * yet cannot be the one asking. A terminating pod (deletionTimestamp set) is still live until its phase is terminal
+ * or it is gone: its containers run their preStop hooks and drain during the grace period, and its IP cannot pass
+ * to another pod before its sandbox is torn down, which comes after (the kubelet stops the sandbox, releasing the
+ * IP through the CNI's DEL, once every container has stopped: https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination).
+ * Two live pods on one IP is ambiguous: callers fail closed.
  *
  * A dual-stack pod has two IPs (`status.podIPs`, one IPv4 and one IPv6; `status.podIP` is the first of them,
  * https://kubernetes.io/docs/concepts/services-networking/dual-stack/): every one of them maps to the pod, and
@@ -111,9 +114,9 @@ export function toPodInfo(pod: PodLike): PodInfo {
   return info;
 }
 
-/** A pod that may be the one sending from its IP right now. */
+/** A pod that may be the one sending from its IP right now (a terminating one included: see the header). */
 export function isLive(pod: PodInfo): boolean {
-  return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && !pod.deleting && !pod.hostNetwork && pod.ips.length > 0;
+  return pod.phase !== 'Succeeded' && pod.phase !== 'Failed' && !pod.hostNetwork && pod.ips.length > 0;
 }
 
 export type IpMatch = { kind: 'pod'; pod: PodInfo } | { kind: 'none' } | { kind: 'ambiguous' };

@@ -8,7 +8,9 @@
  * Standalone:  node --import tsx test/fakes/kube-apiserver.ts --host 127.0.0.1 --port 0 --kubeconfig-out PATH
  *              prints {"url":…,"kubeconfig":…,"token":…,"pid":…} on one line, exits 0 on SIGTERM/SIGINT.
  *              Controls over HTTP (bearer token required): POST /_fake/close-watches, /_fake/compact,
- *              /_fake/fail-next-list?status=500&times=1&resource=pods, /_fake/bookmarks; GET /_fake/stats.
+ *              /_fake/fail-next-list?status=500&times=1&resource=pods, /_fake/bookmarks,
+ *              /_fake/watch-fault?mode=gone|silent|status|none[&status=403], /_fake/outage?on=true|false;
+ *              GET /_fake/stats.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -78,7 +80,17 @@ interface Watcher {
   log: RequestLogEntry;
   bookmarks: boolean;
   timers: NodeJS.Timeout[];
+  /** Stuck: the stream stays open and delivers nothing (setWatchFault('silent')). */
+  silent?: boolean;
 }
+
+/**
+ * How every watch request is answered while set: 'gone' as the watch cache answers a resourceVersion it no longer
+ * has (HTTP 200, one ERROR event with a 410 Expired Status, end of stream); 'silent' open and never a byte (open
+ * watches stop delivering too); { status } that HTTP status with a Status body (403 after an RBAC change, 429 from
+ * API priority and fairness, 410 as an HTTP status).
+ */
+export type WatchFault = 'gone' | 'silent' | { status: number };
 
 type Requirement = { field: string; value: string; negate: boolean };
 type Selector = Requirement[];
@@ -240,6 +252,8 @@ export class FakeKubeApiServer {
   private readonly requestWaiters = new Set<() => void>();
   private readonly bookmarkIntervalMs: number;
   private readonly historyLimit: number;
+  private watchFault: WatchFault | undefined;
+  private outage = false;
 
   private constructor(
     private readonly server: https.Server,
@@ -434,6 +448,27 @@ export class FakeKubeApiServer {
     this.history = [];
   }
 
+  /** Answer every watch request as fault says until cleared (undefined); 'silent' also stalls the open ones. */
+  setWatchFault(fault: WatchFault | undefined): void {
+    this.watchFault = fault;
+    if (fault === 'silent') for (const w of this.watchers) w.silent = true;
+  }
+
+  /**
+   * The API server down for everyone: while on, every connection but the /_fake/ controls' is reset as it asks,
+   * and the open watches are cut.
+   */
+  setOutage(on: boolean): void {
+    this.outage = on;
+    if (!on) return;
+    for (const w of [...this.watchers]) {
+      this.watchers.delete(w);
+      for (const t of w.timers) clearTimeout(t);
+      w.res.destroy();
+    }
+    this.watchesChanged();
+  }
+
   /** Send a BOOKMARK now on every watch that allows them. */
   sendBookmarks(): void {
     for (const w of this.watchers) if (w.bookmarks) this.bookmark(w);
@@ -583,6 +618,11 @@ export class FakeKubeApiServer {
       bytes: 0,
     };
     this.requests.push(log);
+    if (this.outage && !url.pathname.startsWith('/_fake/')) {
+      log.status = -2;
+      req.socket.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('error', () => res.destroy());
@@ -710,6 +750,11 @@ export class FakeKubeApiServer {
 
   private watch(res: ServerResponse, log: RequestLogEntry, resource: Resource, namespace: string | undefined, selector: Selector, q: URLSearchParams): void {
     log.watch = true;
+    const fault = this.watchFault;
+    if (fault !== undefined && fault !== 'gone' && fault !== 'silent') {
+      const reason = fault.status === 403 ? 'Forbidden' : fault.status === 429 ? 'TooManyRequests' : fault.status === 410 ? 'Expired' : 'InternalError';
+      throw new HttpError(fault.status, reason, `injected watch fault ${fault.status}`);
+    }
     log.status = 200;
     res.writeHead(200, { 'Content-Type': 'application/json', 'Transfer-Encoding': 'chunked', 'Cache-Control': 'no-cache, private' });
     res.flushHeaders();
@@ -717,7 +762,7 @@ export class FakeKubeApiServer {
     if (namespace !== undefined) w.namespace = namespace;
     const rvParam = q.get('resourceVersion') ?? '';
     const from = rvParam === '' || rvParam === '0' ? undefined : Number(rvParam);
-    if (from !== undefined && (!Number.isFinite(from) || from < this.compactedRv)) {
+    if (fault === 'gone' || (from !== undefined && (!Number.isFinite(from) || from < this.compactedRv))) {
       this.write(w, {
         type: 'ERROR',
         object: status(410, 'Expired', `too old resource version: ${rvParam} (${this.compactedRv + 1})`),
@@ -725,10 +770,13 @@ export class FakeKubeApiServer {
       res.end();
       return;
     }
+    if (fault === 'silent') w.silent = true;
     this.watchers.add(w);
     this.watchesChanged();
     res.on('close', () => this.endWatch(w));
-    if (from === undefined) {
+    if (w.silent) {
+      // Stuck from the start: nothing is replayed, nothing delivered, until the client gives up.
+    } else if (from === undefined) {
       // "Any" resource version: the current state as ADDED events, then changes.
       for (const o of this.store[resource].values()) if (this.visible(w, o)) this.write(w, { type: 'ADDED', object: o });
     } else {
@@ -736,6 +784,8 @@ export class FakeKubeApiServer {
     }
     const timeout = Number(q.get('timeoutSeconds') ?? '');
     if (timeout > 0) w.timers.push(setTimeout(() => this.endWatch(w), timeout * 1000));
+    // As the watch cache does: a bookmark 2 s before the watch's deadline (cache_watcher.go, nextBookmarkTime).
+    if (timeout > 2 && w.bookmarks) w.timers.push(setTimeout(() => this.bookmark(w), (timeout - 2) * 1000));
     if (w.bookmarks && this.bookmarkIntervalMs > 0) w.timers.push(setInterval(() => this.bookmark(w), this.bookmarkIntervalMs));
   }
 
@@ -744,7 +794,7 @@ export class FakeKubeApiServer {
   }
 
   private dispatch(w: Watcher, ev: Event): void {
-    if (ev.resource !== w.resource) return;
+    if (ev.resource !== w.resource || w.silent) return;
     const was = this.visible(w, ev.old);
     const is = this.visible(w, ev.obj);
     if (ev.type === 'DELETED') {
@@ -757,6 +807,7 @@ export class FakeKubeApiServer {
   }
 
   private bookmark(w: Watcher): void {
+    if (w.silent) return;
     const kind = w.resource === 'pods' ? 'Pod' : 'Namespace';
     this.write(w, { type: 'BOOKMARK', object: { kind, apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) } } });
   }
@@ -790,6 +841,17 @@ export class FakeKubeApiServer {
         return this.send(res, log, 200, { compactedRv: this.compactedRv });
       case '/_fake/bookmarks':
         this.sendBookmarks();
+        return this.send(res, log, 200, { ok: true });
+      case '/_fake/watch-fault': {
+        const mode = q.get('mode') ?? 'none';
+        if (mode === 'none') this.setWatchFault(undefined);
+        else if (mode === 'gone' || mode === 'silent') this.setWatchFault(mode);
+        else if (mode === 'status') this.setWatchFault({ status: Number(q.get('status') ?? 403) });
+        else throw new HttpError(400, 'BadRequest', 'mode must be gone, silent, status or none');
+        return this.send(res, log, 200, { ok: true });
+      }
+      case '/_fake/outage':
+        this.setOutage(q.get('on') === 'true');
         return this.send(res, log, 200, { ok: true });
       case '/_fake/fail-next-list': {
         const resource = q.get('resource');

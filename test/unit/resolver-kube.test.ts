@@ -9,7 +9,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { systemClock, type Clock } from '../../src/clock.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
-import { createKubeSources, fieldValue, KubePodSource, loadKubeConfig, slimPod, type KubeSourceOptions } from '../../src/resolver/kube.ts';
+import { createKubeSources, fieldValue, KubePodSource, loadKubeConfig, slimPod, WATCH_TIMEOUT_SECONDS, type KubeSourceOptions } from '../../src/resolver/kube.ts';
 import { Resolver, type SourceEvents } from '../../src/resolver/lookup.ts';
 import { Policy } from '../../src/resolver/policy.ts';
 import type { PodInfo } from '../../src/resolver/pod-index.ts';
@@ -81,6 +81,15 @@ function podBody(name: string, opts: { ns?: string; node?: string; ip?: string; 
 
 const names = (r: Recorder<PodInfo>) => r.events.map(([kind, p]) => `${kind}:${p.name}`);
 
+/** Wait for a condition that real I/O makes true (bounded; polls, as the state has no event of its own). */
+async function until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 describe('kube adapter against the fake API server', () => {
   let kube: FakeKubeApiServer;
   let dir: string;
@@ -112,6 +121,8 @@ describe('kube adapter against the fake API server', () => {
       metrics,
       logger: pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }),
       clock: fastClock(delays),
+      // Tests that are not about the watchdog keep it out of the way (fastClock runs it 100× faster).
+      silentWatchMs: 3_600_000,
       ...overrides,
     };
   }
@@ -139,6 +150,8 @@ describe('kube adapter against the fake API server', () => {
   });
 
   afterEach(async () => {
+    kube.setWatchFault(undefined);
+    kube.setOutage(false);
     for (const stop of stoppers) await stop();
     await kube.waitForWatches(0);
     for (const [ns, name] of created) if (kube.getPod(ns, name)) kube.deletePod(ns, name);
@@ -254,6 +267,111 @@ describe('kube adapter against the fake API server', () => {
     await kube.waitForWatches(0);
     assert.equal(rec.syncs, 0);
     assert.equal(logs.filter((l) => l.msg === 'watch stopped; restarting').length, 0, 'the abort of stop() is not an error');
+  });
+
+  it(`each watch asks bookmarks and a timeoutSeconds of ${WATCH_TIMEOUT_SECONDS - 5} to ${WATCH_TIMEOUT_SECONDS}`, async () => {
+    const { rec } = startPods();
+    await rec.until(() => rec.syncs === 1, 'sync');
+    await kube.waitForWatches(1);
+    const q = new URLSearchParams(kube.requests.find((r) => r.watch)!.query);
+    assert.equal(q.get('allowWatchBookmarks'), 'true');
+    const timeout = Number(q.get('timeoutSeconds'));
+    assert.ok(timeout >= WATCH_TIMEOUT_SECONDS - 5 && timeout <= WATCH_TIMEOUT_SECONDS, `timeoutSeconds=${timeout}`);
+  });
+
+  it('syncState: lost until the first list; a list, an event and a bookmark each mark it in sync', async () => {
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock }));
+    assert.deepEqual(source.syncState(), { syncedAt: undefined, lost: 'not listed yet' });
+    const rec = new Recorder<PodInfo>();
+    source.start(rec);
+    stoppers.push(() => source.stop());
+    await rec.until(() => rec.syncs === 1, 'sync');
+    assert.deepEqual(source.syncState(), { syncedAt: clock.now(), lost: undefined });
+    await kube.waitForWatches(1);
+    await clock.advance(10_000);
+    create('ev', { ip: '10.0.13.1' });
+    await rec.until(() => rec.events.length === 1, 'event');
+    assert.equal(source.syncState().syncedAt, clock.now(), 'an event');
+    await clock.advance(10_000);
+    const before = kube.requests.find((r) => r.watch)!.objects;
+    kube.sendBookmarks();
+    await until(() => kube.requests.find((r) => r.watch)!.objects > before && source.syncState().syncedAt === clock.now(), 'bookmark applied');
+  });
+
+  it('a watch silent for silentWatchMs is aborted and resumed from its resourceVersion, and reported out of sync', async () => {
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock, silentWatchMs: 40_000 }));
+    const rec = new Recorder<PodInfo>();
+    source.start(rec);
+    stoppers.push(() => source.stop());
+    await rec.until(() => rec.syncs === 1, 'sync');
+    await kube.waitForWatches(1);
+    kube.setWatchFault('silent');
+    create('unseen', { ip: '10.0.12.1' });
+    const podWatches = () => kube.requests.filter((r) => r.path === '/api/v1/pods' && r.watch);
+    await clock.advance(39_999);
+    assert.equal(rec.events.length, 0, 'the stuck stream delivers nothing');
+    assert.equal(podWatches().length, 1);
+    kube.setWatchFault(undefined);
+    await clock.advance(1);
+    await rec.until(() => names(rec).includes('upsert:unseen'), 'the resumed watch replays what was missed');
+    assert.equal(podWatches().length, 2);
+    assert.match(podWatches()[1]!.query, /resourceVersion=\d+/, 'resumed, not relisted');
+    assert.equal(kube.requests.filter((r) => r.path === '/api/v1/pods' && !r.watch).length, 1);
+    assert.ok(logs.some((l) => l.msg === 'watch out of sync' && /silent/.test(String(l.reason))), 'reported');
+    assert.equal(source.syncState().lost, undefined, 'in sync again with the replayed event');
+  });
+
+  it('a run of 410s: each relist is followed by its watch at once, relists back off 1, 2 … s, and the state is lost in between', async () => {
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock, backoff: { initialMs: 1000, maxMs: 30_000, jitter: 0 } }));
+    const rec = new Recorder<PodInfo>();
+    source.start(rec);
+    stoppers.push(() => source.stop());
+    await rec.until(() => rec.syncs === 1, 'sync');
+    await kube.waitForWatches(1);
+    create('storm', { ip: '10.0.14.1' });
+    await rec.until(() => rec.events.length === 1, 'an event: the watch works');
+    const lists = () => kube.requests.filter((r) => r.path === '/api/v1/pods' && !r.watch && r.status === 200).length;
+    const watches = () => kube.requests.filter((r) => r.path === '/api/v1/pods' && r.watch).length;
+    kube.setWatchFault('gone');
+    kube.closeWatches();
+    // Resumed → 410 → relist at once (the watch had delivered) → its watch at once → 410 again.
+    await until(() => lists() === 2 && watches() === 3 && source.syncState().lost !== undefined, 'first relist and its watch, with no time passing');
+    assert.match(String(source.syncState().lost), /410/);
+    await clock.advance(999);
+    assert.equal(lists(), 2, 'the next relist waits 1 s');
+    await clock.advance(1);
+    await until(() => lists() === 3 && watches() === 4, 'second relist and its watch at once');
+    await clock.advance(1999);
+    assert.equal(lists(), 3, 'then 2 s');
+    kube.setWatchFault(undefined);
+    await clock.advance(1);
+    await until(() => lists() === 4 && watches() === 5 && source.syncState().lost === undefined, 'in sync after the storm');
+    assert.equal(source.syncState().syncedAt, clock.now());
+    await clock.advance(10_000);
+    assert.equal(watches(), 5, 'the watch holds');
+    assert.equal(await metricValue(metrics, 'watchRestarts'), 0, 'relists are not restarts');
+  });
+
+  it('a watch answered 403 is out of sync until the watch is back and delivers', async () => {
+    const clock = new FakeClock();
+    const source = new KubePodSource(options({ clock, backoff: { initialMs: 1000, maxMs: 30_000, jitter: 0 } }));
+    const rec = new Recorder<PodInfo>();
+    source.start(rec);
+    stoppers.push(() => source.stop());
+    await rec.until(() => rec.syncs === 1, 'sync');
+    await kube.waitForWatches(1);
+    kube.setWatchFault({ status: 403 });
+    kube.closeWatches();
+    await until(() => /403|Forbidden/.test(String(source.syncState().lost)), 'lost on the 403');
+    kube.setWatchFault(undefined);
+    await clock.advance(1000);
+    await kube.waitForWatches(1);
+    assert.match(String(source.syncState().lost), /403|Forbidden/, 'a watch that answers is not yet proof');
+    kube.sendBookmarks();
+    await until(() => source.syncState().lost === undefined, 'a bookmark is');
   });
 
   it('namespaces: cluster-wide, only iam.amazonaws.com/* annotations kept, changes delivered', async () => {

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
 import type { Counter } from 'prom-client';
+import { Prefetcher, type PrefetchIdentity, type PrefetchTarget } from '../../src/cache/prefetch.ts';
 import { createMetrics, type Metrics } from '../../src/metrics.ts';
-import { Resolver, type NamespaceSource, type PodSource, type SourceEvents } from '../../src/resolver/lookup.ts';
+import { CONFIRM_RATE, CONFIRM_TTL_MS, FRESH_FOR_MS, Resolver, type NamespaceSource, type PodSource, type SourceEvents, type SyncState } from '../../src/resolver/lookup.ts';
 import type { PodInfo } from '../../src/resolver/pod-index.ts';
 import { Policy } from '../../src/resolver/policy.ts';
 import type { Lookup, NamespaceInfo } from '../../src/resolver/types.ts';
@@ -342,5 +343,216 @@ describe('Resolver', () => {
     await settle();
     assert.deepEqual(await answer, { kind: 'unknown' });
     assert.equal(pods.liveCalls.length, 1);
+  });
+});
+
+/** A pod source that reports how current it is, as the kube adapter does, and answers the shared LIST. */
+class SyncedPods extends FakePods {
+  state: SyncState = { syncedAt: undefined, lost: 'not listed yet' };
+  nodeCalls = 0;
+  node: () => Promise<PodInfo[]> = async () => [];
+  syncState(): SyncState {
+    return this.state;
+  }
+  listNode(): Promise<PodInfo[]> {
+    this.nodeCalls++;
+    return this.node();
+  }
+}
+
+class RecordingTarget implements PrefetchTarget {
+  log: string[] = [];
+  retain(identity: PrefetchIdentity): void {
+    this.log.push(`retain ${identity.sessionName}`);
+  }
+  release(key: string): void {
+    this.log.push(`release ${(JSON.parse(key) as string[])[2]}`);
+  }
+  async prefetch(): Promise<void> {}
+}
+
+describe('Resolver: freshness of the pod index, confirmations, static stability', () => {
+  let clock: FakeClock;
+  let pods: SyncedPods;
+  let namespaces: FakeNamespaces;
+  let metrics: Metrics;
+  let logs: Array<Record<string, unknown>>;
+  let resolver: Resolver;
+
+  const roleOf = (l: Lookup | undefined) => (l?.kind === 'role' ? l.identity.roleName : l?.kind);
+  const gauge = async (g: Metrics['podIndexFresh']) => (await g.get()).values[0]?.value;
+
+  beforeEach(() => {
+    clock = new FakeClock();
+    pods = new SyncedPods();
+    namespaces = new FakeNamespaces();
+    metrics = createMetrics();
+    logs = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
+    resolver = new Resolver({
+      pods,
+      namespaces,
+      policy: new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a' }),
+      clock,
+      metrics,
+      logger,
+    });
+    resolver.start();
+    namespaces.events!.upsert({ name: 'dev', annotations: PERMIT_ALL });
+    namespaces.events!.synced();
+    pods.state.syncedAt = clock.now();
+    pods.state.lost = undefined;
+    pods.events!.synced();
+  });
+
+  afterEach(async () => {
+    await resolver.stop();
+    assert.equal(clock.timers, 0, 'no timer left behind');
+  });
+
+  it('fresh for FRESH_FOR_MS after the last list, event or bookmark: answers from the index, no GET; gauges say so', async () => {
+    const a = pod({ role: 'a' });
+    pods.events!.upsert(a);
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'a');
+    assert.equal(await gauge(metrics.podIndexFresh), 1);
+    assert.equal(await gauge(metrics.podIndexStaleness), 0);
+    await clock.advance(FRESH_FOR_MS);
+    assert.equal(resolver.freshness().fresh, true);
+    assert.equal(roleOf(resolver.peek(a.ip)), 'a');
+    await clock.advance(1);
+    assert.deepEqual(resolver.freshness(), { fresh: false, syncedAt: clock.now() - FRESH_FOR_MS - 1, reason: 'no list, event or bookmark for 40 s' });
+    assert.equal(await gauge(metrics.podIndexFresh), 0);
+    assert.equal(await gauge(metrics.podIndexStaleness), (FRESH_FOR_MS + 1) / 1000);
+    assert.equal(resolver.peek(a.ip), undefined, 'the warm path no longer answers from the index');
+    assert.equal(pods.liveCalls.length, 0);
+    assert.ok(logs.some((e) => e.msg === 'pod index not known fresh: each pod is confirmed by a live GET before it is answered'));
+  });
+
+  it('not fresh: the live GET decides; a new pod on a reused IP gets its own role, never the indexed one', async () => {
+    const old = pod({ ip: '10.7.0.1', role: 'old-role' });
+    pods.events!.upsert(old);
+    pods.state.lost = 'watch failed: HTTP 403';
+    const reused = pod({ ip: '10.7.0.1', role: 'new-role' });
+    pods.live = async () => [reused];
+    assert.equal(resolver.peek('10.7.0.1'), undefined, 'nothing at once: the request must be confirmed');
+    const answers = await Promise.all([resolver.lookup('10.7.0.1'), resolver.lookup('10.7.0.1')]);
+    assert.deepEqual(answers.map(roleOf), ['new-role', 'new-role']);
+    assert.deepEqual(pods.liveCalls, [{ ip: '10.7.0.1', timeoutMs: 500 }], 'one GET for concurrent requests');
+    assert.equal(roleOf(resolver.peek('10.7.0.1')), 'new-role', 'the confirmation answers the warm path while valid');
+    await clock.advance(CONFIRM_TTL_MS - 1);
+    assert.equal(roleOf(await resolver.lookup('10.7.0.1')), 'new-role');
+    assert.equal(pods.liveCalls.length, 1, 'reused within its TTL');
+    await clock.advance(1);
+    assert.equal(resolver.peek('10.7.0.1'), undefined, 'expired');
+    pods.live = async () => [];
+    assert.equal(roleOf(await resolver.lookup('10.7.0.1')), 'unknown', 'nobody there now: nothing');
+    assert.equal(pods.liveCalls.length, 2);
+    assert.equal(await value(metrics.confirmations, { result: 'differs' }), 2);
+    assert.ok(logs.some((e) => e.msg === 'live GET found another pod than the stale index: answering for it' && e.pod === reused.name));
+  });
+
+  it('a confirmation that agrees with the index serves the index\'s answer, counted as same', async () => {
+    const a = pod({ role: 'a' });
+    pods.events!.upsert(a);
+    const fromIndex = await resolver.lookup(a.ip);
+    pods.state.lost = 'watch silent';
+    pods.live = async () => [{ ...a }];
+    assert.equal(await resolver.lookup(a.ip), fromIndex, 'the same answer object: the warm path\'s cache keeps working');
+    assert.equal(await value(metrics.confirmations, { result: 'same' }), 1);
+    pods.live = async () => [{ ...a, role: 'changed' }];
+    await clock.advance(CONFIRM_TTL_MS);
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'changed', 'the API\'s annotations, not the stale index\'s');
+  });
+
+  it('API unreachable (network error, timeout, 5xx): the indexed pod keeps being served (static stability); others get nothing', async () => {
+    const a = pod({ role: 'a' });
+    pods.events!.upsert(a);
+    pods.state.lost = 'watch failed: fetch failed';
+    pods.live = async () => {
+      throw Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' });
+    };
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'a');
+    assert.equal(roleOf(resolver.peek(a.ip)), 'a');
+    assert.equal(roleOf(await resolver.lookup('10.7.9.9')), 'unknown', 'an IP the index does not hold');
+    await clock.advance(CONFIRM_TTL_MS);
+    pods.live = async () => {
+      throw Object.assign(new Error('GET /api/v1/pods: HTTP 503'), { statusCode: 503 });
+    };
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'a');
+    await clock.advance(CONFIRM_TTL_MS);
+    pods.live = async () => {
+      throw new DOMException('The operation was aborted due to timeout', 'TimeoutError');
+    };
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'a');
+    assert.equal(await value(metrics.confirmations, { result: 'unavailable' }), 4);
+    assert.equal(logs.filter((e) => e.msg === 'API server unreachable while the pod index is not fresh: answering from the index' && e.level === 40).length, 1, 'warned once');
+  });
+
+  it('API answering but refusing (401, 403, 429): nothing is served from the index', async () => {
+    const a = pod({ role: 'a' });
+    pods.events!.upsert(a);
+    pods.state.lost = 'watch failed: HTTP 403';
+    for (const statusCode of [403, 429, 401]) {
+      pods.live = async () => {
+        throw Object.assign(new Error(`HTTP ${statusCode}`), { statusCode });
+      };
+      assert.equal(roleOf(await resolver.lookup(a.ip)), 'unknown', String(statusCode));
+      assert.equal(roleOf(resolver.peek(a.ip)), 'unknown');
+      await clock.advance(CONFIRM_TTL_MS);
+    }
+    assert.equal(await value(metrics.confirmations, { result: 'refused' }), 3);
+  });
+
+  it(`at most ${CONFIRM_RATE} GETs a second across IPs; beyond that the shared LIST of this node answers`, async () => {
+    pods.state.lost = 'watch answered 410 Gone; relisting';
+    const listed = Array.from({ length: CONFIRM_RATE + 5 }, (_, i) => pod({ ip: `10.8.0.${i + 1}`, role: `r${i}` }));
+    pods.live = async (ip) => listed.filter((p) => p.ip === ip);
+    pods.node = async () => listed;
+    const answers = await Promise.all(listed.map((p) => resolver.lookup(p.ip)));
+    assert.deepEqual(answers.map(roleOf), listed.map((p) => p.role));
+    assert.equal(pods.liveCalls.length, CONFIRM_RATE);
+    assert.equal(pods.nodeCalls, 5);
+    await clock.advance(1000);
+    await Promise.all(listed.map((p) => resolver.lookup(p.ip)));
+    assert.equal(pods.liveCalls.length, 2 * CONFIRM_RATE, 'the bucket refills at the rate');
+  });
+
+  it('in sync again (a list, an event, a bookmark): answers from the index at once', async () => {
+    const a = pod({ role: 'a' });
+    pods.events!.upsert(a);
+    pods.state.lost = 'watch answered 410 Gone; relisting';
+    pods.live = async () => [a];
+    await resolver.lookup(a.ip);
+    pods.state.lost = undefined;
+    pods.state.syncedAt = clock.now();
+    assert.equal(roleOf(resolver.peek(a.ip)), 'a');
+    await clock.advance(CONFIRM_TTL_MS);
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'a');
+    assert.equal(pods.liveCalls.length, 1);
+    assert.ok(logs.some((e) => e.msg === 'pod index fresh again: answering from it'));
+  });
+
+  it('a terminating pod keeps its role and its identity stays retained until its phase is terminal or it is gone', async () => {
+    const target = new RecordingTarget();
+    const prefetcher = new Prefetcher({ cache: target, logger: pino({ level: 'silent' }) });
+    resolver.onIdentity((uid, l) => prefetcher.podIdentity(uid, l?.kind === 'role' ? l.identity : undefined));
+    const a = pod({ ip: '10.9.0.1', role: 'drainer' });
+    pods.events!.upsert(a);
+    pods.events!.upsert({ ...a, deleting: true });
+    assert.equal(roleOf(await resolver.lookup(a.ip)), 'drainer', 'preStop hooks and graceful drains still get credentials');
+    assert.deepEqual(target.log, [`retain dev.${a.name}`], 'the identity stays retained (so refreshed)');
+    // The kubelet reports the terminal phase once every container has stopped.
+    pods.events!.upsert({ ...a, deleting: true, phase: 'Succeeded' });
+    assert.equal(resolver.peek(a.ip), undefined, 'out of the index');
+    assert.deepEqual(target.log, [`retain dev.${a.name}`, `release dev.${a.name}`]);
+
+    const b = pod({ ip: '10.9.0.2', role: 'drainer-b' });
+    pods.events!.upsert({ ...b, deleting: true });
+    const c = pod({ ip: '10.9.0.2', role: 'newcomer' });
+    pods.events!.upsert(c);
+    assert.equal(roleOf(await resolver.lookup('10.9.0.2')), 'ambiguous', 'two live pods on one IP: nothing');
+    pods.events!.remove(b);
+    assert.equal(roleOf(await resolver.lookup('10.9.0.2')), 'newcomer');
+    prefetcher.stop();
   });
 });

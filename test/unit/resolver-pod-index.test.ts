@@ -65,12 +65,14 @@ describe('toPodInfo', () => {
 });
 
 describe('isLive', () => {
-  it('excludes finished, deleting, hostNetwork and IP-less pods', () => {
+  it('excludes finished, hostNetwork and IP-less pods; a terminating pod is live until its phase is terminal', () => {
     assert.equal(isLive(pod()), true);
     assert.equal(isLive(pod({ phase: 'Pending' })), true);
     assert.equal(isLive(pod({ phase: 'Succeeded' })), false);
     assert.equal(isLive(pod({ phase: 'Failed' })), false);
-    assert.equal(isLive(pod({ deleting: true })), false);
+    assert.equal(isLive(pod({ deleting: true })), true, 'terminating: preStop hooks and drains still need credentials');
+    assert.equal(isLive(pod({ deleting: true, phase: 'Succeeded' })), false);
+    assert.equal(isLive(pod({ deleting: true, phase: 'Failed' })), false);
     assert.equal(isLive(pod({ hostNetwork: true })), false);
     assert.equal(isLive(pod({ ip: '' })), false);
   });
@@ -97,14 +99,20 @@ describe('PodIndex', () => {
     assert.equal(index.size, 1);
   });
 
-  it('IP reuse: a deleting old pod and a new pod on the same IP resolve to the new one (either order)', () => {
+  it('a terminating pod keeps its IP; a new pod beside it on that IP is ambiguous until the old one is terminal or gone', () => {
     const index = new PodIndex();
     const old = pod({ ip: '10.0.5.6' });
-    const fresh = pod({ ip: '10.0.5.6' });
+    const terminating = { ...old, deleting: true };
     index.upsert(old);
+    assert.equal(index.upsert(terminating), true);
+    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'pod', pod: terminating }, 'still served while it drains');
+    const fresh = pod({ ip: '10.0.5.6' });
     index.upsert(fresh);
-    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'ambiguous' }, 'both live: ambiguous until the old one is marked');
-    index.upsert({ ...old, deleting: true });
+    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'ambiguous' }, 'two live pods on one IP: nothing');
+    assert.equal(index.upsert({ ...terminating, phase: 'Failed' }), false);
+    assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'pod', pod: fresh });
+    index.upsert(terminating);
+    assert.equal(index.remove(terminating.uid), true, 'or gone');
     assert.deepEqual(index.byIp('10.0.5.6'), { kind: 'pod', pod: fresh });
   });
 
@@ -191,6 +199,9 @@ describe('matchLive', () => {
     assert.deepEqual(matchLive([pod({ phase: 'Succeeded' }), live]), { kind: 'pod', pod: live });
     assert.deepEqual(matchLive([live, pod({ ip: '10.0.11.1' })]), { kind: 'ambiguous' });
     assert.deepEqual(matchLive([pod({ hostNetwork: true })]), { kind: 'none' });
+    const draining = pod({ ip: '10.0.11.2', deleting: true });
+    assert.deepEqual(matchLive([draining]), { kind: 'pod', pod: draining }, 'a terminating pod is still the one asking');
+    assert.deepEqual(matchLive([draining, pod({ ip: '10.0.11.2' })]), { kind: 'ambiguous' });
   });
 });
 
