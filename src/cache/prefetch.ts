@@ -15,6 +15,7 @@ export interface PrefetchIdentity {
   roleArn: string;
   externalId?: string;
   sessionName: string;
+  tags?: ReadonlyArray<{ readonly key: string; readonly value: string }>;
 }
 
 /** The part of CredentialCache the prefetcher drives. */

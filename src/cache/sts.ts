@@ -7,12 +7,23 @@
  * 'aborted', 'unknown') and whether trying again later may help.
  */
 import { AssumeRoleCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
+import { THROTTLING_CODES } from './sts-errors.ts';
+
+export { THROTTLING_CODES, stsErrorFix } from './sts-errors.ts';
 
 export interface AssumeRoleRequest {
   roleArn: string;
   sessionName: string;
   externalId?: string;
   durationSeconds: number;
+  /** STS session tags (--session-tags), passed as not transitive. */
+  tags?: readonly SessionTag[];
+}
+
+/** One STS session tag (see session-tags.ts for what kiam sends). */
+export interface SessionTag {
+  readonly key: string;
+  readonly value: string;
 }
 
 export interface StsCredentials {
@@ -41,18 +52,6 @@ export class StsError extends Error {
     super(message);
   }
 }
-
-/** Error codes that mean "slow down": backed off harder by the cache. */
-export const THROTTLING_CODES: ReadonlySet<string> = new Set([
-  'Throttling',
-  'ThrottlingException',
-  'ThrottledException',
-  'RequestLimitExceeded',
-  'RequestThrottled',
-  'RequestThrottledException',
-  'TooManyRequestsException',
-  'SlowDown',
-]);
 
 const RETRYABLE_CODES: ReadonlySet<string> = new Set([
   ...THROTTLING_CODES,
@@ -120,6 +119,8 @@ export class AwsStsGateway implements StsGateway {
       RoleSessionName: req.sessionName,
       DurationSeconds: req.durationSeconds,
       ...(req.externalId !== undefined ? { ExternalId: req.externalId } : {}),
+      // Not transitive (no TransitiveTagKeys): the tags describe the pod these credentials are for, not a role it chains to.
+      ...(req.tags && req.tags.length > 0 ? { Tags: req.tags.map((t) => ({ Key: t.key, Value: t.value })) } : {}),
     });
     let output;
     try {

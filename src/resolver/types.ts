@@ -11,13 +11,15 @@ export interface PodRef {
 }
 
 export interface RoleIdentity {
-  /** Unambiguous over (roleArn, externalId, sessionName): a JSON array of the three. */
+  /** Unambiguous over (roleArn, externalId, sessionName[, tags]): a JSON array of them. */
   key: string;
   roleArn: string;
   /** Last path segment of the role ARN. */
   roleName: string;
   externalId?: string;
   sessionName: string;
+  /** STS session tags (--session-tags), part of the key: they name the pod, so each pod is its own identity. */
+  tags?: ReadonlyArray<{ readonly key: string; readonly value: string }>;
 }
 
 /** Fixed, short reasons: safe as metric labels. */

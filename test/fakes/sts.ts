@@ -7,7 +7,8 @@
  *               prints one JSON line {"url":"http://127.0.0.1:PORT"} once listening; exits 0 on SIGTERM/SIGINT.
  *
  * `POST /` with a form body `Action=AssumeRole&Version=2011-06-15&RoleArn=…&RoleSessionName=…&DurationSeconds=…
- * [&ExternalId=…]` answers AssumeRoleResponse XML as real STS does; errors are ErrorResponse XML with 400/403.
+ * [&ExternalId=…][&Tags.member.N.Key=…&Tags.member.N.Value=…]` answers AssumeRoleResponse XML as real STS does (tags
+ * checked against STS's limits); errors are ErrorResponse XML with 400/403.
  * Credentials are distinguishable per call: AccessKeyId `ASIAFAKE` + a 12-digit counter (never reset), the
  * secret and token derived from the same counter (nothing secret in them). Expiration = now + DurationSeconds
  * (capped by maxDurationSeconds), whole seconds, `Z`.
@@ -43,6 +44,8 @@ export interface FakeStsConfig {
   denyRoles: string[];
   /** Roles whose ARN contains `forbidden` are answered with AccessDenied. */
   denyForbidden: boolean;
+  /** Role ARNs whose trust policy lacks sts:TagSession: a call passing session tags gets AccessDenied. */
+  denyTagSession: string[];
   /** The next N calls get a malformed 200 answer of this kind. */
   malformedNext: number;
   malformedKind: MalformedKind;
@@ -57,6 +60,10 @@ export interface FakeStsCall {
   sessionName: string;
   externalId?: string;
   durationSeconds: number;
+  /** Session tags passed (Tags.member.N.Key/Value), in order; absent when none. */
+  tags?: Array<{ key: string; value: string }>;
+  /** TransitiveTagKeys.member.N, when any. */
+  transitiveTagKeys?: string[];
   /** Epoch ms when the request arrived. */
   time: number;
   /** 'ok' or the error code / 'malformed:<kind>' answered. */
@@ -82,6 +89,7 @@ const DEFAULT_CONFIG: FakeStsConfig = {
   failCode: 'Throttling',
   denyRoles: [],
   denyForbidden: true,
+  denyTagSession: [],
   malformedNext: 0,
   malformedKind: 'empty',
 };
@@ -224,6 +232,15 @@ export class FakeSts {
       call.result = this.cfg.failCode;
       return this.fail(res, requestId, this.cfg.failCode);
     }
+    if (call.tags && this.cfg.denyTagSession.includes(call.roleArn)) {
+      call.result = 'AccessDenied';
+      return this.fail(
+        res,
+        requestId,
+        'AccessDenied',
+        `User: arn:aws:iam::${ACCOUNT}:user/kiam-agent is not authorized to perform: sts:TagSession on resource: ${call.roleArn}`,
+      );
+    }
     if (this.cfg.denyRoles.includes(call.roleArn) || (this.cfg.denyForbidden && call.roleArn.includes('forbidden'))) {
       call.result = 'AccessDenied';
       return this.fail(
@@ -277,6 +294,12 @@ export class FakeSts {
     };
     const ext = params.get('ExternalId');
     if (ext !== null) call.externalId = ext;
+    const tags: Array<{ key: string; value: string }> = [];
+    for (let n = 1; params.has(`Tags.member.${n}.Key`); n++) tags.push({ key: params.get(`Tags.member.${n}.Key`)!, value: params.get(`Tags.member.${n}.Value`) ?? '' });
+    if (tags.length > 0) call.tags = tags;
+    const transitive: string[] = [];
+    for (let n = 1; params.has(`TransitiveTagKeys.member.${n}`); n++) transitive.push(params.get(`TransitiveTagKeys.member.${n}`)!);
+    if (transitive.length > 0) call.transitiveTagKeys = transitive;
     return call;
   }
 
@@ -355,6 +378,9 @@ function mergeConfig(base: FakeStsConfig, patch: Partial<FakeStsConfig>): FakeSt
   if (!Array.isArray(next.denyRoles) || !next.denyRoles.every((r) => typeof r === 'string')) {
     throw new Error('denyRoles must be an array of strings');
   }
+  if (!Array.isArray(next.denyTagSession) || !next.denyTagSession.every((r) => typeof r === 'string')) {
+    throw new Error('denyTagSession must be an array of strings');
+  }
   if (typeof next.roleDelayMs !== 'object' || next.roleDelayMs === null) throw new Error('roleDelayMs must be an object');
   for (const [k, v] of Object.entries(next.roleDelayMs)) {
     if (typeof v !== 'number' || !(v >= 0)) throw new Error(`roleDelayMs[${k}] must be a number ≥ 0`);
@@ -374,6 +400,17 @@ function validateParams(p: URLSearchParams): string | undefined {
   if (!Number.isInteger(d) || d < 900 || d > 43200) return `1 validation error detected: Value '${d}' at 'durationSeconds' failed to satisfy constraint`;
   const ext = p.get('ExternalId');
   if (ext !== null && (ext.length < 2 || ext.length > 1224)) return `1 validation error detected: Value at 'externalId' failed to satisfy constraint`;
+  // Session tags as https://docs.aws.amazon.com/STS/latest/APIReference/API_Tag.html constrains them.
+  const keys = new Set<string>();
+  for (let n = 1; p.has(`Tags.member.${n}.Key`); n++) {
+    if (n > 50) return '1 validation error detected: Value at \'tags\' failed to satisfy constraint: Member must have length less than or equal to 50';
+    const key = p.get(`Tags.member.${n}.Key`)!;
+    const value = p.get(`Tags.member.${n}.Value`);
+    if (!/^[\p{L}\p{Z}\p{N}_.:/=+\-@]{1,128}$/u.test(key)) return `1 validation error detected: Value '${key}' at 'tags.${n}.member.key' failed to satisfy constraint`;
+    if (value === null || !/^[\p{L}\p{Z}\p{N}_.:/=+\-@]{0,256}$/u.test(value)) return `1 validation error detected: Value at 'tags.${n}.member.value' failed to satisfy constraint`;
+    if (keys.has(key.toLowerCase())) return `Duplicate tag keys found. Please note that Tag keys are case insensitive.`;
+    keys.add(key.toLowerCase());
+  }
   return undefined;
 }
 

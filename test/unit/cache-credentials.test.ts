@@ -3,10 +3,14 @@ import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
 import { pino } from 'pino';
 import {
+  BACKOFF_JITTER,
+  backoffMs,
   CredentialCache,
   floorForLifetime,
   refreshDelayMs,
+  RETRY_WINDOW_MAX_MS,
   servingFloorMs,
+  STALE_FLOOR_MS,
   type CacheIdentity,
   type CredentialCacheDeps,
 } from '../../src/cache/credentials.ts';
@@ -89,11 +93,29 @@ describe('serving floor and refresh arithmetic', () => {
     assert.equal(servingFloorMs(1800), 15 * MIN);
   });
 
-  it('refresh is at min(duration / 2, duration − floor − 5 min), at least 1 min', () => {
-    assert.equal(refreshDelayMs(60 * MIN, 30 * MIN), 25 * MIN);
-    assert.equal(refreshDelayMs(12 * 60 * MIN, 30 * MIN), 6 * 60 * MIN);
+  it('refresh is at min(duration / 5, duration − floor − 5 min), at least 1 min', () => {
+    assert.equal(refreshDelayMs(60 * MIN, 30 * MIN), 12 * MIN);
+    assert.equal(refreshDelayMs(12 * 60 * MIN, 30 * MIN), 144 * MIN);
     assert.equal(refreshDelayMs(15 * MIN, 7.5 * MIN), 2.5 * MIN);
     assert.equal(refreshDelayMs(4 * MIN, 2 * MIN), 1 * MIN);
+    // What that buys: an outage beginning as a 1 h session's refresh is due is bridged down to 5 min before expiry.
+    assert.ok(60 * MIN - refreshDelayMs(60 * MIN, 30 * MIN) - STALE_FLOOR_MS >= 40 * MIN + RETRY_WINDOW_MAX_MS * (1 + BACKOFF_JITTER));
+  });
+
+  it('backs off retryable errors 5 s then 10 s (Throttling 10 s at once), refusals 30 s doubling to 2 min', () => {
+    const unavailable = new StsError('ServiceUnavailable', 'down', true, 503);
+    const throttled = new StsError('Throttling', 'Rate exceeded', true, 400);
+    const denied = new StsError('AccessDenied', 'no', false, 403);
+    assert.deepEqual([1, 2, 3, 50].map((n) => backoffMs(n, unavailable)), [5000, 10_000, 10_000, 10_000]);
+    assert.deepEqual([1, 2, 3].map((n) => backoffMs(n, throttled)), [10_000, 10_000, 10_000]);
+    assert.deepEqual([1, 2, 3, 4, 50].map((n) => backoffMs(n, denied)), [30_000, 60_000, 120_000, 120_000, 120_000]);
+    // Every window keeps a failing identity at one call per 5 s at most, and jittered it stays under 12.5 s for outages.
+    for (const n of [1, 2, 10]) {
+      for (const e of [unavailable, throttled]) {
+        assert.ok(backoffMs(n, e) >= 5000 && backoffMs(n, e) * (1 + BACKOFF_JITTER) <= 12_500);
+        assert.ok(backoffMs(n, denied) > backoffMs(n, e), 'a refusal backs off longer than an outage');
+      }
+    }
   });
 
   it('a short grant lowers the floor only when it could not otherwise be served for 5 min', () => {
@@ -201,38 +223,38 @@ describe('CredentialCache', () => {
     cache.stop();
   });
 
-  it('refreshes in the background at issue + 25 min for 1 h sessions: exactly one call per cycle', async () => {
+  it('refreshes in the background at issue + 12 min for 1 h sessions: exactly one call per cycle', async () => {
     const { cache, sts, clock } = harness();
     const id = identity();
     cache.retain(id);
     await cache.prefetch(id);
     const first = await cache.get(id);
     assert.equal(sts.calls.length, 1);
-    await clock.advance(25 * MIN - 1);
+    await clock.advance(12 * MIN - 1);
     assert.equal(sts.calls.length, 1);
     await clock.advance(1);
     assert.equal(sts.calls.length, 2);
     const second = await cache.get(id);
     assert.notEqual(second.accessKeyId, first.accessKeyId);
     assert.equal(second.expiration, clock.now() + 60 * MIN);
-    // Three hours in all: refreshes at 25, 50, …, 175 min.
-    await clock.advance(180 * MIN - 25 * MIN);
-    assert.equal(sts.calls.length, 1 + Math.floor(180 / 25));
+    // Three hours in all: refreshes at 12, 24, …, 180 min.
+    await clock.advance(180 * MIN - 12 * MIN);
+    assert.equal(sts.calls.length, 1 + Math.floor(180 / 12));
     cache.stop();
   });
 
   it('jitters the refresh earlier (by at most 5 %), never later', async () => {
     // The window the spec allows, not the implementation's formula: with the largest jitter draw the refresh falls
-    // strictly before 25 min and not before 95 % of it.
+    // strictly before 12 min and not before 95 % of it.
     for (const draw of [0.5, 0.999]) {
       const { cache, sts, clock } = harness({ random: () => draw });
       const id = identity();
       cache.retain(id);
       await cache.prefetch(id);
-      await clock.advance(0.95 * 25 * MIN - 1);
+      await clock.advance(0.95 * 12 * MIN - 1);
       assert.equal(sts.calls.length, 1, `draw ${draw}: not more than 5 % early`);
-      await clock.advance(0.05 * 25 * MIN);
-      assert.equal(sts.calls.length, 2, `draw ${draw}: earlier than the unjittered 25 min`);
+      await clock.advance(0.05 * 12 * MIN);
+      assert.equal(sts.calls.length, 2, `draw ${draw}: earlier than the unjittered 12 min`);
       cache.stop();
     }
   });
@@ -245,7 +267,7 @@ describe('CredentialCache', () => {
     await cache.prefetch(id);
     cache.release(id.key);
     assert.equal(cache.size, 1); // one retainer left
-    await clock.advance(25 * MIN);
+    await clock.advance(12 * MIN);
     assert.equal(sts.calls.length, 2);
     cache.release(id.key);
     assert.equal(cache.size, 0);
@@ -264,36 +286,38 @@ describe('CredentialCache', () => {
     const old = await cache.get(id);
     const working = sts.respond;
     sts.respond = () => new StsError('ServiceUnavailable', 'down', true, 503);
-    await clock.advance(25 * MIN);
+    await clock.advance(12 * MIN);
     assert.equal(sts.calls.length, 2);
     assert.equal((await cache.get(id)).accessKeyId, old.accessKeyId);
-    // Retries at +1 s, +2 s, +4 s after each failure.
-    await clock.advance(1000);
+    // Retries 5 s, then 10 s, after each failed call began.
+    await clock.advance(5000);
     assert.equal(sts.calls.length, 3);
-    await clock.advance(2000);
+    await clock.advance(9999);
+    assert.equal(sts.calls.length, 3);
+    await clock.advance(1);
     assert.equal(sts.calls.length, 4);
     assert.equal((await cache.get(id)).accessKeyId, old.accessKeyId);
     sts.respond = working;
-    await clock.advance(4000);
+    await clock.advance(10_000);
     assert.equal(sts.calls.length, 5);
     const fresh = await cache.get(id);
     assert.notEqual(fresh.accessKeyId, old.accessKeyId);
     assert.equal(await value(metrics.stsErrors, { code: 'ServiceUnavailable' }), 3);
     // Success resets the backoff: the next cycle is a full refresh interval away.
-    await clock.advance(25 * MIN - 1);
+    await clock.advance(12 * MIN - 1);
     assert.equal(sts.calls.length, 5);
     await clock.advance(1);
     assert.equal(sts.calls.length, 6);
     cache.stop();
   });
 
-  it('never serves credentials below the floor, even while STS is failing', async () => {
+  it('never serves credentials below the floor while STS refuses (a non-retryable error is no outage)', async () => {
     const { cache, sts, clock } = harness();
     const id = identity();
     cache.retain(id);
     await cache.prefetch(id);
     const issued = await cache.get(id);
-    sts.respond = () => new StsError('InternalFailure', 'boom', true, 500);
+    sts.respond = () => new StsError('AccessDenied', 'trust policy changed', false, 403);
     let servedLast = -1;
     for (let t = 0; t <= 45 * MIN; t += 10_000) {
       await clock.advance(t === 0 ? 0 : 10_000);
@@ -344,8 +368,8 @@ describe('CredentialCache', () => {
     cache.retain(id);
     const c = await cache.get(id);
     assert.equal(c.expiration, clock.now() + 20 * MIN);
-    // floor for a 20-min grant is 10 min; refresh at max(1, min(10, 20 − 10 − 5)) = 5 min.
-    await clock.advance(5 * MIN - 1);
+    // floor for a 20-min grant is 10 min; refresh at max(1, min(20 / 5, 20 − 10 − 5)) = 4 min.
+    await clock.advance(4 * MIN - 1);
     assert.equal(sts.calls.length, 1);
     await clock.advance(1);
     assert.equal(sts.calls.length, 2);
@@ -375,13 +399,13 @@ describe('CredentialCache', () => {
     cache.stop();
   });
 
-  it('caches a failure briefly and backs off 1 s doubling to 60 s', async () => {
+  it('caches a refusal and backs off 30 s doubling to 2 min', async () => {
     const denied = new StsError('AccessDenied', 'not authorized', false, 403);
     const { cache, sts, clock, metrics } = harness({ respond: () => denied });
     const id = identity();
     assert.equal(await rejection(cache.get(id)), denied);
     assert.equal(sts.calls.length, 1);
-    const windows = [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000];
+    const windows = [30_000, 60_000, 120_000, 120_000, 120_000];
     for (const [i, w] of windows.entries()) {
       await clock.advance(w - 1);
       assert.equal(await rejection(cache.get(id)), denied);
@@ -394,17 +418,17 @@ describe('CredentialCache', () => {
     cache.stop();
   });
 
-  it('backs off harder on Throttling', async () => {
+  it('backs off harder on Throttling: 10 s from the first failure', async () => {
     const { cache, sts, clock } = harness({ respond: () => new StsError('Throttling', 'Rate exceeded', true, 400) });
     const id = identity();
     await rejection(cache.get(id));
-    await clock.advance(1999);
+    await clock.advance(9999);
     await rejection(cache.get(id));
     assert.equal(sts.calls.length, 1);
     await clock.advance(1);
     await rejection(cache.get(id));
     assert.equal(sts.calls.length, 2);
-    await clock.advance(3999);
+    await clock.advance(9999);
     await rejection(cache.get(id));
     assert.equal(sts.calls.length, 2);
     cache.stop();
@@ -419,7 +443,9 @@ describe('CredentialCache', () => {
     await cache.prefetch(id);
     assert.equal(sts.calls.length, 1);
     sts.respond = working;
-    await clock.advance(1000);
+    await clock.advance(4999);
+    assert.equal(sts.calls.length, 1);
+    await clock.advance(1);
     assert.equal(sts.calls.length, 2);
     const c = await cache.get(id);
     assert.equal(sts.calls.length, 2);
@@ -514,6 +540,247 @@ describe('CredentialCache', () => {
     const { cache } = harness();
     cache.release('nope');
     assert.equal(cache.size, 0);
+    cache.stop();
+  });
+});
+
+/** A deterministic jitter source (xorshift), so that tests see spread-out retries without depending on Math.random. */
+function seeded(seed = 42): () => number {
+  let x = seed;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return ((x >>> 0) % 1_000_000) / 1_000_000;
+  };
+}
+
+interface LogLine {
+  level: number;
+  msg: string;
+  code?: string;
+  fix?: string;
+  sessionName?: string;
+}
+const parsed = (logs: string[]): LogLine[] => logs.map((l) => JSON.parse(l) as LogLine);
+
+describe('STS outages', () => {
+  /** Record every call's time per role; answer as `answer` says for the time the call is made. */
+  function scripted(clock: FakeClock, answer: (req: AssumeRoleRequest, now: number) => StsError | 'hang' | 'ok') {
+    const calls = new Map<string, number[]>();
+    const ok = issuer(clock);
+    const respond = (req: AssumeRoleRequest, n: number) => {
+      const now = clock.now();
+      const list = calls.get(req.roleArn) ?? [];
+      list.push(now);
+      calls.set(req.roleArn, list);
+      const a = answer(req, now);
+      return a === 'ok' ? ok(req, n) : a;
+    };
+    return { calls, respond };
+  }
+
+  it('after STS recovers every identity is served again within 15 s, at one call per 5 s at most while it fails', async () => {
+    // 20 identities retained and fetched before STS goes down for 10 minutes (their refresh falls in the outage), and 5
+    // whose pods appear during it; every pod asks every second throughout. Some calls fail at once (503), the rest hang
+    // until the cache's own 5 s timeout.
+    const clock = new FakeClock();
+    const start = clock.now();
+    const down = start + 10 * MIN;
+    const up = down + 10 * MIN;
+    const { calls, respond } = scripted(clock, (req, now) => {
+      if (now < down || now >= up) return 'ok';
+      return /[05]$/.test(req.roleArn) ? 'hang' : new StsError('ServiceUnavailable', 'down', true, 503);
+    });
+    const { cache } = harness({ clock, random: seeded(), respond });
+    const early = Array.from({ length: 20 }, (_, i) => identity(`early-${i}`));
+    const late = Array.from({ length: 5 }, (_, i) => identity(`late-${i}`));
+    for (const id of early) {
+      cache.retain(id);
+      await cache.prefetch(id);
+    }
+    let rejectedEarly = 0;
+    for (let t = start; t < up + 30_000; t += 1000) {
+      await clock.advance(1000);
+      if (clock.now() === down + MIN) {
+        for (const id of late) {
+          cache.retain(id);
+          void cache.prefetch(id);
+        }
+      }
+      for (const id of early) cache.get(id).catch(() => rejectedEarly++);
+      if (clock.now() > down + MIN) for (const id of late) cache.get(id).catch(() => {});
+    }
+    await settle();
+    assert.equal(rejectedEarly, 0, 'credentials fetched before the outage were served throughout');
+    for (const id of [...early, ...late]) {
+      const times = calls.get(id.roleArn)!;
+      const during = times.filter((t) => t >= down && t < up);
+      assert.ok(during.length >= 2, `${id.roleArn} was retried during the outage`);
+      for (let k = 1; k < during.length; k++) {
+        assert.ok(during[k]! - during[k - 1]! >= 5000, `${id.roleArn}: calls ${during[k]! - during[k - 1]!} ms apart`);
+      }
+      const after = times.find((t) => t >= up);
+      assert.ok(after !== undefined && after - up <= 15_000, `${id.roleArn}: first call after recovery ${after === undefined ? 'never' : `${(after - up) / 1000} s`} after it`);
+      const snap = cache.snapshot().find((i) => i.roleArn === id.roleArn)!;
+      assert.equal(snap.consecutiveFailures, 0);
+      assert.ok(snap.lastSuccessAt! >= up && snap.lastSuccessAt! - up <= 15_000);
+    }
+    cache.stop();
+  });
+
+  it('a 40-minute outage beginning as the refresh falls due is bridged for a pod with 1 h sessions', async () => {
+    const clock = new FakeClock();
+    const start = clock.now();
+    // The worst case: the last successful call is the one at start, and STS fails from the refresh (12 min) on.
+    const down = start + 12 * MIN;
+    const up = down + 40 * MIN;
+    const { respond } = scripted(clock, (_req, now) => (now >= down && now < up ? new StsError('ServiceUnavailable', 'down', true, 503) : 'ok'));
+    // No jitter: the refresh falls exactly at 12 min, as the outage begins.
+    const { cache, metrics, logs } = harness({ clock, random: () => 0, respond });
+    const id = identity('pod');
+    cache.retain(id);
+    await cache.prefetch(id);
+    const first = await cache.get(id);
+    let minLeft = Infinity;
+    let failures = 0;
+    for (let t = start; t <= up + 30_000; t += 10_000) {
+      await clock.advance(t === start ? 0 : 10_000);
+      try {
+        const c = await cache.get(id);
+        minLeft = Math.min(minLeft, c.expiration - clock.now());
+        if (clock.now() < up) assert.equal(c.accessKeyId, first.accessKeyId);
+      } catch (err) {
+        failures++;
+        assert.fail(`no credentials ${(clock.now() - start) / MIN} min in: ${String(err)}`);
+      }
+    }
+    assert.equal(failures, 0);
+    assert.ok(minLeft >= STALE_FLOOR_MS, `served with ${minLeft / 1000} s left`);
+    assert.ok(minLeft < cache.floorMs, 'below the 30-minute floor during the outage');
+    const fresh = await cache.get(id);
+    assert.notEqual(fresh.accessKeyId, first.accessKeyId, 'new credentials once STS answers again');
+    // The floor was crossed at 30 min: requests every 10 s from then until STS came back at 52 min were served stale.
+    assert.equal(await value(metrics.staleServed), (up - (start + 30 * MIN)) / 10_000);
+    const stale = parsed(logs).filter((l) => /below the 30-minute floor/.test(l.msg));
+    assert.equal(stale.length, 1, 'one warning per identity and outage');
+    assert.equal(stale[0]!.level, 40);
+    cache.stop();
+  });
+
+  it('stops serving 5 minutes before expiry, and never after a refusal', async () => {
+    const { cache, sts, clock } = harness();
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const issued = await cache.get(id);
+    sts.respond = () => new StsError('InternalFailure', 'boom', true, 500);
+    let servedLast = -1;
+    for (let t = 0; t <= 60 * MIN; t += 10_000) {
+      await clock.advance(t === 0 ? 0 : 10_000);
+      try {
+        const c = await cache.get(id);
+        assert.ok(c.expiration - clock.now() >= STALE_FLOOR_MS, `served ${c.expiration - clock.now()} ms of lifetime`);
+        servedLast = clock.now();
+      } catch (err) {
+        assert.ok(err instanceof StsError);
+      }
+    }
+    assert.equal(servedLast, issued.expiration - STALE_FLOOR_MS);
+    cache.stop();
+  });
+
+  it('below the floor with no failure known yet, a request waits for the running call, and gets the old credentials if it fails', async () => {
+    // Only a slow call can leave an identity below the floor without a known failure: give STS 30 min to answer.
+    const { cache, sts, clock, metrics } = harness({ respond: () => 'hang', stsTimeoutMs: 30 * MIN });
+    const id = identity();
+    cache.retain(id);
+    const pending = cache.get(id);
+    await settle();
+    sts.calls[0]!.resolve(issuer(clock)(sts.calls[0]!.req, 1));
+    const first = await pending;
+    await clock.advance(12 * MIN); // the refresh starts, and hangs
+    assert.equal(sts.calls.length, 2);
+    await clock.advance(19 * MIN); // 29 min left: below the floor, and STS not known to fail
+    const asked = cache.get(id);
+    let settled = false;
+    void asked.finally(() => (settled = true));
+    await settle();
+    assert.equal(settled, false, 'waits: the floor applies while STS is not known to fail');
+    assert.equal(sts.calls.length, 2, 'joins the running call');
+    sts.calls[1]!.reject(new StsError('ServiceUnavailable', 'down', true, 503));
+    assert.equal((await asked).accessKeyId, first.accessKeyId, 'the old credentials when that call failed');
+    assert.equal(await value(metrics.staleServed), 1);
+    // The failed call began 19 min ago, so the next request is answered at once and starts a retry beside.
+    assert.equal((await cache.get(id)).accessKeyId, first.accessKeyId);
+    assert.equal(sts.calls.length, 3);
+    sts.calls[2]!.resolve(issuer(clock)(sts.calls[2]!.req, 3));
+    await settle();
+    assert.notEqual((await cache.get(id)).accessKeyId, first.accessKeyId);
+    cache.stop();
+  });
+
+  it('a refusal backs off longer than an outage, is logged once per identity with the fix, and shows as not retryable', async () => {
+    const { cache, clock, logs, metrics } = harness({ respond: (req) => (req.roleArn.endsWith('/denied') ? new StsError('AccessDenied', 'not authorized to perform: sts:AssumeRole', false, 403) : new StsError('Throttling', 'Rate exceeded', true, 400)) });
+    const denied = identity('denied');
+    const throttled = identity('throttled');
+    cache.retain(denied);
+    cache.retain(throttled);
+    await cache.prefetch(denied);
+    await cache.prefetch(throttled);
+    await clock.advance(10 * MIN - 1);
+    const lines = parsed(logs).filter((l) => l.msg === 'assume role failed');
+    const deniedLines = lines.filter((l) => l.sessionName === denied.sessionName);
+    const throttledLines = lines.filter((l) => l.sessionName === throttled.sessionName);
+    // 10 min of retries: after 30 s, 60 s, then every 2 min for the refusal (7 calls); every 10 s for Throttling (60).
+    assert.equal(deniedLines.length, 7);
+    assert.equal(throttledLines.length, 60);
+    const loud = (ls: LogLine[]) => ls.filter((l) => l.level >= 40);
+    assert.equal(loud(deniedLines).length, 1, 'logged once per identity');
+    assert.equal(loud(deniedLines)[0]!.level, 50, 'at error: it needs a fix');
+    assert.match(loud(deniedLines)[0]!.fix!, /trust policy.*sts:AssumeRole/);
+    assert.equal(loud(throttledLines).length, 1);
+    assert.equal(loud(throttledLines)[0]!.level, 40);
+    assert.match(loud(throttledLines)[0]!.fix!, /throttles/);
+    const snap = cache.snapshot().find((i) => i.roleArn === denied.roleArn)!;
+    assert.equal(snap.lastError?.retryable, false);
+    assert.equal(snap.consecutiveFailures, 7);
+    assert.equal(snap.lastErrorCode, 'AccessDenied');
+    assert.equal(await value(metrics.stsFailingIdentities, { kind: 'non-retryable' }), 1);
+    assert.equal(await value(metrics.stsFailingIdentities, { kind: 'retryable' }), 1);
+    cache.stop();
+  });
+
+  it('reports STS health per identity: last success, failures in a row, the last error even after a success', async () => {
+    const { cache, sts, clock, metrics } = harness();
+    const id = identity();
+    cache.retain(id);
+    await cache.prefetch(id);
+    const t0 = clock.now();
+    let snap = cache.snapshot()[0]!;
+    assert.deepEqual([snap.lastSuccessAt, snap.consecutiveFailures, snap.lastErrorCode, snap.stale], [t0, 0, undefined, false]);
+    assert.equal(await value(metrics.stsFailingIdentities, { kind: 'retryable' }), 0);
+    const working = sts.respond;
+    sts.respond = () => new StsError('ServiceUnavailable', 'down', true, 503);
+    await clock.advance(12 * MIN + 5000); // the refresh and one retry
+    snap = cache.snapshot()[0]!;
+    assert.equal(snap.consecutiveFailures, 2);
+    assert.equal(snap.lastErrorCode, 'ServiceUnavailable');
+    assert.equal(snap.lastError?.retryable, true);
+    assert.equal(snap.staleUntil, snap.expiration! - STALE_FLOOR_MS);
+    assert.equal(snap.stale, false, 'still above the floor');
+    assert.equal(await value(metrics.stsFailingIdentities, { kind: 'retryable' }), 1);
+    await clock.advance(18 * MIN + 1); // past the floor
+    assert.equal(cache.snapshot()[0]!.stale, true);
+    sts.respond = working;
+    await clock.advance(RETRY_WINDOW_MAX_MS * (1 + BACKOFF_JITTER));
+    snap = cache.snapshot()[0]!;
+    assert.equal(snap.consecutiveFailures, 0);
+    assert.equal(snap.lastErrorCode, 'ServiceUnavailable', 'kept after the success');
+    assert.equal(snap.lastError, undefined);
+    assert.equal(snap.stale, false);
+    assert.ok(snap.lastSuccessAt! > t0);
+    assert.equal(await value(metrics.stsFailingIdentities, { kind: 'retryable' }), 0);
     cache.stop();
   });
 });

@@ -136,7 +136,7 @@ describe('Prefetcher', () => {
     const id = identity('app');
     prefetcher.podIdentity('p1', id);
     await prefetcher.idle();
-    await clock.advance(25 * MIN);
+    await clock.advance(12 * MIN); // the refresh of a 1 h session
     assert.equal(sts.calls.length, 2);
     prefetcher.podIdentity('p1', undefined);
     assert.equal(cache.size, 0);

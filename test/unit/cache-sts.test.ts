@@ -4,10 +4,13 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
+import { Writable } from 'node:stream';
 import { CredentialCache } from '../../src/cache/credentials.ts';
-import { AwsStsGateway, StsError, toStsError, validate, type AssumeRoleRequest } from '../../src/cache/sts.ts';
+import { sessionTags } from '../../src/cache/session-tags.ts';
+import { AwsStsGateway, StsError, toStsError, validate, type AssumeRoleRequest, type StsCredentials, type StsGateway } from '../../src/cache/sts.ts';
 import { systemClock } from '../../src/clock.ts';
 import { createMetrics } from '../../src/metrics.ts';
+import { FakeClock } from '../fakes/clock.ts';
 import { FakeSts, type FakeStsCall } from '../fakes/sts.ts';
 
 process.env.AWS_EC2_METADATA_DISABLED = 'true';
@@ -184,6 +187,116 @@ describe('AwsStsGateway against the fake STS', () => {
     assert.ok(all.every((c) => c.accessKeyId === all[0]!.accessKeyId));
     assert.equal(fake.calls.length, 1);
     cache.stop();
+  });
+});
+
+describe('session tags and outages, the real SDK against the fake STS', () => {
+  const TAGS = sessionTags({ namespace: 'team-a', pod: 'web-1', serviceAccount: 'reader', node: 'ip-10-0-0-1.ec2.internal', clusterName: 'prod eu/1' });
+
+  /** Wraps a gateway so a test can wait for every call it made to settle (an event, not a sleep). */
+  function tracked(inner: StsGateway) {
+    const pending: Array<Promise<unknown>> = [];
+    const gateway: StsGateway = {
+      assumeRole(req: AssumeRoleRequest, signal: AbortSignal): Promise<StsCredentials> {
+        const p = inner.assumeRole(req, signal);
+        pending.push(p.catch(() => {}));
+        return p;
+      },
+    };
+    return { gateway, settled: () => Promise.all(pending.splice(0)) };
+  }
+
+  it('sends the tags as Tags.member.N, not transitive; STS without sts:TagSession in the trust policy answers AccessDenied', async () => {
+    const fake = new FakeSts({ config: { expectedCredentials: KEYS } });
+    const url = await fake.start();
+    const gw = new AwsStsGateway({ region: 'eu-west-1', endpoint: url, credentials: KEYS, timeoutMs: 3000 });
+    try {
+      const creds = await gw.assumeRole({ ...REQ, tags: TAGS }, live());
+      assert.match(creds.accessKeyId, /^ASIA/);
+      const [call] = fake.calls;
+      assert.equal(call!.result, 'ok', 'tags within STS limits, signature verified');
+      assert.deepEqual(call!.tags, TAGS.map((t) => ({ key: t.key, value: t.value })));
+      assert.equal(call!.transitiveTagKeys, undefined);
+      fake.configure({ denyTagSession: [REQ.roleArn] });
+      const denied = await rejection(gw.assumeRole({ ...REQ, tags: TAGS }, live()));
+      assert.equal(denied.code, 'AccessDenied');
+      assert.equal(denied.retryable, false);
+      assert.match(denied.message, /sts:TagSession/);
+      // The same role without tags is still fine.
+      const { externalId: _e, ...plain } = REQ;
+      assert.match((await gw.assumeRole(plain, live())).accessKeyId, /^ASIA/);
+      assert.equal(fake.calls.at(-1)!.tags, undefined);
+    } finally {
+      gw.destroy();
+      await fake.stop();
+    }
+  });
+
+  it('the cache through a 40-minute 503 outage: serves below the floor, logs the fix once, and is served again within 15 s', async () => {
+    const clock = new FakeClock();
+    const fake = new FakeSts({ config: { expectedCredentials: KEYS }, now: () => clock.now() });
+    const url = await fake.start();
+    const gw = new AwsStsGateway({ region: 'eu-west-1', endpoint: url, credentials: KEYS, timeoutMs: 3000 });
+    const { gateway, settled } = tracked(gw);
+    const logs: string[] = [];
+    const logger = pino(
+      { level: 'debug' },
+      new Writable({
+        write(chunk, _enc, cb) {
+          logs.push(String(chunk));
+          cb();
+        },
+      }),
+    );
+    const metrics = createMetrics();
+    const cache = new CredentialCache({ sts: gateway, clock, metrics, logger, sessionDurationSec: 3600, stsTimeoutMs: 3000, random: () => 0 });
+    const id = { key: 'k', roleArn: REQ.roleArn, sessionName: REQ.sessionName, tags: TAGS };
+    /**
+     * Advance the fake clock in 1 s steps, letting each real HTTP call the timers start finish before the next step (so
+     * that the cache's 3 s deadline, on the fake clock, never overtakes a call the fake STS answers at once).
+     */
+    const advance = async (ms: number, step = 1000) => {
+      for (let done = 0; done < ms; done += step) {
+        await clock.advance(Math.min(step, ms - done));
+        await settled();
+      }
+    };
+    try {
+      cache.retain(id);
+      await cache.prefetch(id);
+      const first = await cache.get(id);
+      assert.deepEqual(fake.calls[0]!.tags, TAGS.map((t) => ({ key: t.key, value: t.value })));
+      fake.configure({ failNext: 1_000_000, failCode: 'ServiceUnavailable' });
+      const down = clock.now() + 12 * 60_000; // the refresh is due then
+      await advance(12 * 60_000);
+      for (let minute = 12; minute < 52; minute++) {
+        const c = await cache.get(id);
+        assert.equal(c.accessKeyId, first.accessKeyId, `minute ${minute}`);
+        assert.ok(c.expiration - clock.now() >= 5 * 60_000);
+        await advance(60_000);
+      }
+      const failedCalls = fake.calls.filter((c) => c.result === 'ServiceUnavailable');
+      for (let k = 1; k < failedCalls.length; k++) assert.ok(failedCalls[k]!.time - failedCalls[k - 1]!.time >= 5000);
+      assert.ok(failedCalls.length >= 200, `${failedCalls.length} retries in 40 min`);
+      const up = clock.now();
+      assert.equal(up - down, 40 * 60_000);
+      fake.configure({ failNext: 0 });
+      await advance(15_000);
+      const back = fake.calls.find((c) => c.result === 'ok' && c.time >= up);
+      assert.ok(back && back.time - up <= 15_000, 'STS asked again within 15 s of answering');
+      assert.notEqual((await cache.get(id)).accessKeyId, first.accessKeyId);
+      const warned = logs.map((l) => JSON.parse(l) as { level: number; msg: string; fix?: string }).filter((l) => l.level >= 40);
+      assert.deepEqual(warned.map((l) => l.msg), [
+        'credential refresh failed; serving the previous credentials',
+        'STS is failing: serving credentials below the 30-minute floor until 5 minutes before they expire',
+      ]);
+      assert.match(warned[0]!.fix!, /STS is failing on its side/);
+      assert.ok((await metrics.staleServed.get()).values[0]!.value > 0);
+    } finally {
+      cache.stop();
+      gw.destroy();
+      await fake.stop();
+    }
   });
 });
 
