@@ -1,6 +1,7 @@
 /**
  * Request paths, normalised once and classified strictly. Everything that could reach `meta-data/iam` on
- * the real service, in any spelling, is answered by the agent or refused — never proxied.
+ * the real service, in any spelling, is answered by the agent or refused — never proxied. Only that place is
+ * special: a segment elsewhere that merely contains `iam` (an instance tag named `William`) is an ordinary path.
  *
  * Normalisation: query and fragment dropped, absolute-form URLs reduced to their path, percent-decoding
  * applied exactly once (a `%` left after decoding is double encoding: refused), duplicate slashes
@@ -19,7 +20,7 @@ export interface NormalisedPath {
 export type Route =
   /** PUT /latest/api/token. */
   | { kind: 'token' }
-  /** Anything under <version>/meta-data/iam: `rest` are the segments after `iam`. */
+  /** Anything under <version>/meta-data/iam (any case): `rest` are the segments after `iam`. */
   | { kind: 'iam'; rest: string[] }
   /** A candidate for the upstream: `path` without leading slash, e.g. `latest/meta-data/instance-id`. */
   | { kind: 'passthrough'; path: string }
@@ -81,11 +82,12 @@ export function classify(rawUrl: string): Route {
   // `/meta-data/…` (root prefix) or `/<version>/meta-data/…`.
   const base = lower[0] === 'meta-data' || lower[0] === 'api' ? 0 : VERSION.test(segs[0] ?? '') ? 1 : -1;
 
-  if (base >= 0 && lower[base] === 'meta-data' && lower[base + 1] === 'iam') {
-    return { kind: 'iam', rest: segs.slice(base + 2) };
+  if (base >= 0 && lower[base] === 'meta-data') {
+    const category = lower[base + 1];
+    if (category === 'iam') return { kind: 'iam', rest: segs.slice(base + 2) };
+    // `iam.`, `i-a-m`, `~iam`: decorated spellings of the category a lenient server might still take for it.
+    if (category !== undefined && category.replace(/[^a-z0-9]/g, '') === 'iam') return { kind: 'refused' };
   }
-  // Any other spelling that mentions iam anywhere is neither ours nor the upstream's.
-  if (lower.some((s) => s.includes('iam'))) return { kind: 'refused' };
 
   if (base >= 0 && lower[base] === 'api') {
     return base === 1 && lower.length === 3 && lower[2] === 'token' ? { kind: 'token' } : { kind: 'refused' };

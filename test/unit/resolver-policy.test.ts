@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { PodInfo } from '../../src/resolver/pod-index.ts';
-import { parseRoleArn, Policy, PolicyConfigError, sanitizeSessionName, type PolicyOptions } from '../../src/resolver/policy.ts';
+import { MATCH_BUDGET_MS, parseRoleArn, Policy, PolicyConfigError, sanitizeSessionName, type PolicyOptions } from '../../src/resolver/policy.ts';
 import type { Lookup } from '../../src/resolver/types.ts';
 import { slimNamespace } from '../../src/resolver/kube.ts';
 
@@ -268,5 +268,137 @@ describe("Policy: kube2iam's iam.amazonaws.com/allowed-roles", () => {
   it('the namespace watch keeps the annotation', () => {
     const slim = slimNamespace({ metadata: { name: 'dev', annotations: { 'iam.amazonaws.com/allowed-roles': '["reader"]', other: 'x' } } });
     assert.deepEqual(slim.metadata.annotations, { 'iam.amazonaws.com/allowed-roles': '["reader"]' });
+  });
+});
+
+describe('Policy: namespace patterns run in linear time', () => {
+  const PERMITTED = 'iam.amazonaws.com/permitted';
+  const ALLOWED = 'iam.amazonaws.com/allowed-roles';
+
+  it('refuses what the linear-time engine cannot run (backreferences, lookahead, repetition above 16): deny, saying why', () => {
+    const p = policy();
+    // Each would permit the role on a backtracking engine.
+    for (const pattern of [`${BASE}(r)\\1`, `(?=arn:).*`, `(?!x)${BASE}rr`, `${BASE}[a-z]{1,64}`]) {
+      const d = denial(p.evaluate(pod({ role: 'rr' }), { [PERMITTED]: pattern }));
+      assert.equal(d.code, 'namespace-invalid-policy', pattern);
+      assert.match(d.reason, /the linear-time engine cannot run it: no backreferences, no lookarounds, no counted repetition above 16/, pattern);
+    }
+    const re = denial(policy({ allowedRolesFormat: 'regexp' }).evaluate(pod({ role: 'rr' }), { [ALLOWED]: JSON.stringify(['(r)\\1']) }));
+    assert.equal(re.code, 'namespace-invalid-policy');
+    assert.match(re.reason, /entry "\(r\)\\1" is not a valid regular expression: the linear-time engine cannot run it/);
+  });
+
+  it('catastrophic patterns answer, over the longest ARN IAM allows, and every other pod keeps its answer', () => {
+    // The guard first: on a backtracking engine this test would never end, so prove the linear engine is in use.
+    assert.equal(denial(policy().evaluate(pod({ role: 'rr' }), { [PERMITTED]: `${BASE}(r)\\1` })).code, 'namespace-invalid-policy');
+    assert.equal(denial(policy({ allowedRolesFormat: 'regexp' }).evaluate(pod({ role: 'rr' }), { [ALLOWED]: '["(r)\\\\1"]' })).code, 'namespace-invalid-policy');
+
+    // IAM's limits: a 512-character path and a 64-character name. Beyond them no pattern runs at all.
+    const longest = `${BASE}${'a'.repeat(510)}/${'a'.repeat(63)}c`;
+    const namespaces: Record<string, Record<string, string>> = {
+      good: { [PERMITTED]: `${BASE}reader` },
+      // Exponential on a backtracking engine for a role of 'a's that does not end in b.
+      nested: { [PERMITTED]: `${BASE}(a+)+b` },
+      path: { [PERMITTED]: `${BASE}(a+/?)+b` },
+      alternation: { [PERMITTED]: `${BASE}(a|a)*$x` },
+      stars: { [ALLOWED]: JSON.stringify([`${BASE}(.*a){16}b`]) },
+      globs: { [ALLOWED]: JSON.stringify([`${BASE}*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b`]) },
+    };
+    const pods: Array<{ p: PodInfo; expect: string }> = [
+      { p: pod({ uid: 'g1', namespace: 'good', role: 'reader' }), expect: 'role' },
+      { p: pod({ uid: 'e1', namespace: 'nested', role: `${'a'.repeat(63)}c` }), expect: 'not-permitted' },
+      { p: pod({ uid: 'e2', namespace: 'nested', role: longest }), expect: 'not-permitted' },
+      { p: pod({ uid: 'e3', namespace: 'path', role: longest }), expect: 'not-permitted' },
+      { p: pod({ uid: 'e4', namespace: 'alternation', role: longest }), expect: 'not-permitted' },
+      { p: pod({ uid: 'g2', namespace: 'good', role: 'reader' }), expect: 'role' },
+      { p: pod({ uid: 'e5', namespace: 'stars', role: longest }), expect: 'not-permitted' },
+      { p: pod({ uid: 'e6', namespace: 'globs', role: longest }), expect: 'not-permitted' },
+      // 50,000 characters: refused as no IAM role before any pattern sees it.
+      { p: pod({ uid: 'e7', namespace: 'nested', role: `${BASE}${'a'.repeat(50_000)}/c` }), expect: 'invalid-role' },
+      { p: pod({ uid: 'e8', namespace: 'nested', role: `${'a/'.repeat(25_000)}c` }), expect: 'invalid-role' },
+      { p: pod({ uid: 'g3', namespace: 'good', role: 'reader' }), expect: 'role' },
+    ];
+    for (const engine of [policy(), policy({ allowedRolesFormat: 'regexp' })]) {
+      for (let round = 0; round < 2; round++) {
+        for (const { p, expect } of pods) {
+          const answer = engine.evaluate(p, namespaces[p.namespace]);
+          if (expect === 'role') assert.equal(role(answer).roleArn, `${BASE}reader`, p.uid);
+          else assert.equal(denial(answer).code, expect, p.uid);
+        }
+      }
+    }
+  });
+
+  it("holds role ARNs to IAM's limits: a path of 512 characters, an ARN of 2048", () => {
+    const p = policy();
+    assert.equal(role(p.evaluate(pod({ role: `${'p'.repeat(510)}/r` }), permitAll)).roleName, 'r');
+    assert.equal(role(p.evaluate(pod({ role: `${BASE}${'p'.repeat(510)}/r` }), permitAll)).roleName, 'r');
+    const longPath = denial(p.evaluate(pod({ role: `${'p'.repeat(511)}/r` }), permitAll));
+    assert.equal(longPath.code, 'invalid-role');
+    assert.match(longPath.reason, /path is 513 characters long, IAM allows at most 512/);
+    const huge = denial(p.evaluate(pod({ role: `${BASE}${'p/'.repeat(1100)}r` }), permitAll));
+    assert.equal(huge.code, 'invalid-role');
+    assert.match(huge.reason, /IAM role ARNs have at most 2048/);
+    assert.ok(huge.reason.length < 200, 'the reason does not repeat the annotation');
+  });
+
+  it('the engine also matches what the backtracking one did', () => {
+    const p = policy({ allowedRolesFormat: 'regexp' });
+    const ns = { [PERMITTED]: `${BASE}(team-a|team-b)/[a-z]+-(reader|writer)` };
+    assert.equal(role(p.evaluate(pod({ role: 'team-b/app-writer' }), ns)).roleName, 'app-writer');
+    assert.equal(denial(p.evaluate(pod({ role: 'team-c/app-writer' }), ns)).code, 'not-permitted');
+    assert.equal(role(p.evaluate(pod({ role: 'x1' }), { [ALLOWED]: JSON.stringify(['x\\d{1,2}']) })).roleName, 'x1');
+  });
+});
+
+describe('Policy: the match budget', () => {
+  const PERMITTED = 'iam.amazonaws.com/permitted';
+  /** A clock that says every match took `ms[i]` milliseconds, in turn (then 0). */
+  function clockOf(...ms: number[]): { now: () => number; reads: () => number } {
+    let t = 0;
+    let reads = 0;
+    let started = false;
+    return {
+      now: () => {
+        reads++;
+        if (started) t += ms.shift() ?? 0;
+        started = !started;
+        return t;
+      },
+      reads: () => reads,
+    };
+  }
+
+  it(`a pattern slower than ${MATCH_BUDGET_MS} ms twice in a row denies from then on, without running again`, () => {
+    const clock = clockOf(MATCH_BUDGET_MS + 1, MATCH_BUDGET_MS + 1);
+    const p = policy({ now: clock.now });
+    const ns = { [PERMITTED]: `${BASE}(.*a){16}b` };
+    const d = denial(p.evaluate(pod({ role: 'reader' }), ns));
+    assert.equal(d.code, 'namespace-invalid-policy');
+    assert.match(d.reason, /permitted took over 25 ms of CPU to match, twice: it is no longer evaluated; write a simpler pattern/);
+    const reads = clock.reads();
+    assert.equal(denial(p.evaluate(pod({ uid: 'u2', role: 'writer' }), ns)).code, 'namespace-invalid-policy');
+    assert.equal(clock.reads(), reads, 'not run again');
+    // Other namespaces' patterns are untouched.
+    assert.equal(role(p.evaluate(pod({ role: 'reader' }), { [PERMITTED]: `${BASE}reader` })).roleName, 'reader');
+  });
+
+  it('one slow match (a garbage collection) is forgiven: the second run decides', () => {
+    const p = policy({ now: clockOf(MATCH_BUDGET_MS + 100, 0).now });
+    assert.equal(role(p.evaluate(pod({ role: 'reader' }), { [PERMITTED]: `${BASE}reader` })).roleName, 'reader');
+    const regexp = policy({ allowedRolesFormat: 'regexp', now: clockOf(MATCH_BUDGET_MS + 1, MATCH_BUDGET_MS + 1).now });
+    assert.match(denial(regexp.evaluate(pod({ role: 'reader' }), { 'iam.amazonaws.com/allowed-roles': '["reader"]' })).reason, /allowed-roles took over 25 ms of CPU/);
+  });
+
+  it('answers are remembered per pattern and role ARN: a re-evaluated pod runs no match', () => {
+    const clock = clockOf();
+    const p = policy({ now: clock.now });
+    const ns = { [PERMITTED]: `${BASE}(reader|writer)` };
+    assert.equal(p.evaluate(pod({ role: 'reader' }), ns).kind, 'role');
+    const reads = clock.reads();
+    for (let i = 0; i < 3; i++) assert.equal(p.evaluate(pod({ uid: `u${i}`, role: 'reader' }), ns).kind, 'role');
+    assert.equal(clock.reads(), reads);
+    assert.equal(denial(p.evaluate(pod({ role: 'admin' }), ns)).code, 'not-permitted');
+    assert.equal(clock.reads(), reads + 2);
   });
 });

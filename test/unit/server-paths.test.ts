@@ -41,9 +41,23 @@ describe('classify', () => {
     for (const [raw, rest] of cases) assert.deepEqual(classify(raw), { kind: 'iam', rest }, raw);
   });
 
-  it('never offers a path mentioning iam elsewhere to the upstream', () => {
-    for (const raw of ['/latest/meta-data/iam;a/', '/latest/meta-data/iam./', '/latest/meta-data/xiamx', '/v1/meta-data/iam/', '/latest/dynamic/iam', '/latest/meta-data/%49AM%20/']) {
+  it('never offers a decorated spelling of meta-data/iam to the upstream', () => {
+    for (const raw of ['/latest/meta-data/iam;a/', '/latest/meta-data/iam./', '/latest/meta-data/IAM~', '/latest/meta-data/i-a-m/info', '/meta-data/iam./', '/v1/meta-data/iam/', '/latest/meta-data/%49AM%20/']) {
       assert.deepEqual(classify(raw), { kind: 'refused' }, raw);
+    }
+  });
+
+  it('treats a segment that merely contains iam, anywhere else, as an ordinary path', () => {
+    for (const path of [
+      'latest/meta-data/tags/instance/William',
+      'latest/meta-data/tags/instance/iam',
+      'latest/meta-data/tags/instance/Team-IAM',
+      'latest/meta-data/placement/iam/',
+      'latest/meta-data/xiamx',
+      'latest/dynamic/iam',
+      'latest/dynamic/iam/security-credentials/',
+    ]) {
+      assert.deepEqual(classify(`/${path}`), { kind: 'passthrough', path }, path);
     }
   });
 
