@@ -114,6 +114,9 @@ export class BenchNode {
       '--role-base-arn', BASE_ARN,
       '--sts-endpoint', this.stsUrl,
       '--region', 'eu-west-1',
+      // One load-generator source IP sends far more than a pod's default 100 requests a second: the limiter stays
+      // on (its cost is measured) with a cap no run reaches.
+      '--max-requests-per-second', '1000000',
       ...(opts.extra ?? []),
     ];
     if (intercept !== 'none') this.installed = { path: intercept, port: AGENT_PORT };

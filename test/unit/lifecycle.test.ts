@@ -1,7 +1,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { pino, type Logger } from 'pino';
-import { Lifecycle } from '../../src/lifecycle.ts';
+import { Lifecycle, Startup } from '../../src/lifecycle.ts';
 
 interface LogLine {
   level: number;
@@ -160,5 +160,133 @@ describe('Lifecycle', () => {
     });
     assert.equal(await lc.stop(), true);
     assert.ok(registrationError instanceof Error);
+  });
+});
+
+/**
+ * Startup, driven the way src/main.ts drives it: the agent's start-up steps (metrics port, watches synced, metadata
+ * server listening, interception installed), each a fake the test settles, each registering a stop hook for what it
+ * set up once it is done; then ready() marks the agent serving. SIGTERM (startup.stop) arrives during each step in
+ * turn, and between two steps.
+ */
+const STEPS = ['metrics server', 'watches synced', 'metadata server', 'interception install'] as const;
+
+function agentStartup(opts: { heedSignal?: boolean; settleTimeoutMs?: number; logger?: Logger } = {}) {
+  const logger = opts.logger ?? silent;
+  const lifecycle = new Lifecycle(logger);
+  const startup = new Startup(lifecycle, logger, opts.settleTimeoutMs ?? 5_000);
+  const events: string[] = [];
+  const gates = new Map(STEPS.map((name) => [name, deferred()]));
+  const begun = new Map(STEPS.map((name) => [name, deferred()]));
+  const state = { serving: false };
+  const outcome = (async () => {
+    try {
+      for (const name of STEPS) {
+        await startup.step(name, (signal) => {
+          events.push(`start ${name}`);
+          begun.get(name)!.resolve();
+          const done = gates.get(name)!.promise;
+          if (!opts.heedSignal) return done;
+          // As resolver.whenReady(signal) and installInterception(…, signal) do: give up when the signal aborts.
+          return Promise.race([done, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))]);
+        });
+        events.push(`done ${name}`);
+        lifecycle.onStop(name, () => void events.push(`stop ${name}`));
+      }
+      startup.ready(() => {
+        state.serving = true;
+      });
+      return 'ready';
+    } catch (err) {
+      if (!startup.signal.aborted) throw err;
+      return 'stopped';
+    } finally {
+      startup.finished();
+    }
+  })();
+  return { lifecycle, startup, events, gates, begun, state, outcome };
+}
+
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+describe('Startup: SIGTERM during start-up', () => {
+  for (const [index, step] of STEPS.entries()) {
+    test(`during "${step}" (a step that does not heed the signal): nothing after it starts, its own stop hook runs too, never ready`, async () => {
+      const a = agentStartup();
+      for (const earlier of STEPS.slice(0, index)) a.gates.get(earlier)!.resolve();
+      await a.begun.get(step)!.promise;
+      const stopping = a.startup.stop(new Error('stopped by SIGTERM during start-up'));
+      await tick();
+      assert.ok(!a.events.some((e) => e.startsWith('stop ')), 'no stop hook runs while the step is in flight');
+      a.gates.get(step)!.resolve(); // e.g. listenOn() or the install finishing after the signal
+      assert.equal(await stopping, true, 'a clean stop');
+      assert.equal(await a.outcome, 'stopped');
+      assert.equal(a.state.serving, false);
+      const upTo = STEPS.slice(0, index + 1);
+      assert.deepEqual(a.events, [
+        ...upTo.flatMap((s) => [`start ${s}`, `done ${s}`]),
+        ...[...upTo].reverse().map((s) => `stop ${s}`),
+      ]);
+      for (const later of STEPS.slice(index + 1)) a.gates.get(later)!.resolve();
+      await tick();
+      assert.ok(!a.events.some((e) => STEPS.slice(index + 1).some((l) => e === `start ${l}`)), 'no later step ever starts');
+    });
+
+    test(`during "${step}" (a step that heeds the signal): it ends at once, the steps before it are stopped`, async () => {
+      const a = agentStartup({ heedSignal: true });
+      for (const earlier of STEPS.slice(0, index)) a.gates.get(earlier)!.resolve();
+      await a.begun.get(step)!.promise;
+      assert.equal(await a.startup.stop(new Error('SIGTERM')), true);
+      assert.equal(await a.outcome, 'stopped');
+      assert.equal(a.state.serving, false);
+      const before = STEPS.slice(0, index);
+      assert.deepEqual(a.events, [...before.flatMap((s) => [`start ${s}`, `done ${s}`]), `start ${step}`, ...[...before].reverse().map((s) => `stop ${s}`)]);
+    });
+  }
+
+  test('between two steps: the next one never starts', async () => {
+    const a = agentStartup();
+    a.gates.get('metrics server')!.resolve();
+    a.gates.get('watches synced')!.resolve();
+    await a.begun.get('metadata server')!.promise;
+    a.gates.get('metadata server')!.resolve();
+    const stopping = a.startup.stop(new Error('SIGTERM')); // before the code after the step has run
+    assert.equal(await stopping, true);
+    assert.equal(await a.outcome, 'stopped');
+    assert.ok(!a.events.includes('start interception install'));
+    assert.deepEqual(a.events.filter((e) => e.startsWith('stop ')), ['stop metadata server', 'stop watches synced', 'stop metrics server']);
+    assert.equal(a.state.serving, false);
+  });
+
+  test('after start-up: ready, and stop runs every hook at once', async () => {
+    const a = agentStartup();
+    for (const name of STEPS) a.gates.get(name)!.resolve();
+    assert.equal(await a.outcome, 'ready');
+    assert.equal(a.state.serving, true);
+    assert.equal(await a.startup.stop(new Error('SIGTERM')), true);
+    assert.deepEqual(a.events.filter((e) => e.startsWith('stop ')), [...STEPS].reverse().map((s) => `stop ${s}`));
+  });
+
+  test('ready() after the signal throws and never marks the agent serving; step() never runs the step', async () => {
+    const lifecycle = new Lifecycle(silent);
+    const startup = new Startup(lifecycle, silent);
+    startup.finished();
+    await startup.stop(new Error('SIGTERM'));
+    let marked = false;
+    assert.throws(() => startup.ready(() => (marked = true)), /SIGTERM/);
+    assert.equal(marked, false);
+    let ran = false;
+    await assert.rejects(startup.step('late', () => (ran = true)), /SIGTERM/);
+    assert.equal(ran, false);
+  });
+
+  test('a step that never ends after the signal: stop waits for it only so long, then stops what was started', async () => {
+    const { logger, errors } = recordingLogger();
+    const a = agentStartup({ settleTimeoutMs: 20, logger });
+    a.gates.get('metrics server')!.resolve();
+    await a.begun.get('watches synced')!.promise;
+    assert.equal(await a.startup.stop(new Error('SIGTERM')), true);
+    assert.deepEqual(a.events.filter((e) => e.startsWith('stop ')), ['stop metrics server']);
+    assert.equal(errors()[0]?.msg, 'a start-up step did not end after the stop signal; stopping anyway');
   });
 });
