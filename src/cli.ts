@@ -48,7 +48,6 @@ function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
-  const defaultDeny = [...DEFAULTS.denyRouteRegexp];
   const agent = program
     .command('agent')
     .description('run the node agent: intercept, resolve pods, serve and prefetch credentials')
@@ -63,10 +62,11 @@ function buildProgram(): Command {
     // uswitch/kiam's name: its patterns saw the path with its leading slash (docs/migrate-from-kiam.md).
     .addOption(new Option('--whitelist-route-regexp <regexp>').argParser(collect).hideHelp())
     .addOption(
-      new Option('--deny-route-regexp <regexp>', 'never pass through paths matching these (repeatable; replaces the default)')
-        // The first value given replaces the default list; later ones are appended.
-        .argParser((value: string, previous: string[]) => (previous === defaultDeny ? [value] : collect(value, previous)))
-        .default(defaultDeny, DEFAULTS.denyRouteRegexp.join(' ')),
+      new Option('--deny-route-regexp <regexp>', `never pass through paths matching these (repeatable; added to the default list: ${DEFAULTS.denyRouteRegexp.join(' ')})`).argParser(collect),
+    )
+    .option('--no-default-deny', 'drop the default deny list (user-data and meta-data/identity-credentials pass through unless --deny-route-regexp says otherwise)')
+    .addOption(
+      new Option('--imdsv2 <mode>', 'required: a GET without an IMDSv2 token gets 401, as on an instance with HttpTokens=required').choices(['optional', 'required']).default(DEFAULTS.imdsv2),
     )
     .option('--role-base-arn <arn>', 'prefix for role names in annotations, e.g. arn:aws:iam::123456789012:role/')
     .option('--role-base-arn-autodetect', "derive the base ARN from the node's own instance profile", false)
@@ -77,11 +77,16 @@ function buildProgram(): Command {
     )
     .addOption(new Option('--region <region>', 'AWS region for STS (default: AWS_REGION, else the node metadata, else us-east-1)'))
     .option('--sts-endpoint <url>', 'STS endpoint override (private endpoints, tests)')
+    .option('--session-tags', 'STS session tags kubernetes-namespace, -pod-name, -service-account, -node-name (and -cluster-name): each pod gets a session of its own; the roles must trust the agent with sts:TagSession', false)
+    .addOption(new Option('--cluster-name <name>', 'value of the kubernetes-cluster-name session tag with --session-tags (env: CLUSTER_NAME)'))
     .option('--namespace-restriction', 'require the namespace annotation iam.amazonaws.com/permitted to allow the role (default: on)')
     .option('--no-namespace-restriction', 'do not require the namespace annotation iam.amazonaws.com/permitted')
     // kube2iam's: how the namespace annotation iam.amazonaws.com/allowed-roles is matched (docs/migrate-from-kube2iam.md).
     .addOption(new Option('--namespace-restriction-format <format>').choices(['glob', 'regexp']).default(DEFAULTS.namespaceRestrictionFormat).hideHelp())
     .addOption(new Option('--pod-wait-timeout <duration>', 'how long a request from an unknown IP waits for the watch').default(DEFAULTS.podWaitTimeout))
+    .addOption(new Option('--max-connections-per-ip <n>', 'open connections to the metadata server per source IP; one more gets 429 and is closed (0: no cap)').default(DEFAULTS.maxConnectionsPerIp))
+    .addOption(new Option('--max-requests-per-second <n>', "metadata requests a second per source IP, bursts of 3 s' worth; beyond: 429 with Retry-After (0: no cap)").default(DEFAULTS.maxRequestsPerSecond))
+    .addOption(new Option('--idle-timeout <duration>', "close a metadata connection idle this long between requests, or whose request's headers take longer").default(DEFAULTS.idleTimeout))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))
     .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(DEFAULTS.logFormat));
   interceptionOptions(agent, true);

@@ -2,11 +2,16 @@
  * The agent's configuration: one frozen, validated object built from flags and environment.
  * Parsing lives in cli.ts (commander); validation here reports every problem at once, naming the flag.
  */
+import { setFlagsFromString } from 'node:v8';
+import { tagValueProblem } from './cache/session-tags.ts';
 export type LogFormat = 'json' | 'pretty';
 export type IptablesBackendChoice = 'auto' | 'nft' | 'legacy';
 /** auto: the eBPF socket redirect where the node supports it, plus the iptables rules; none: no interception. */
 export type InterceptMode = 'auto' | 'ebpf' | 'iptables' | 'none';
 export const INTERCEPT_MODES: readonly InterceptMode[] = ['auto', 'ebpf', 'iptables', 'none'];
+/** optional: pods may GET without a token (IMDSv1); required: a token-less GET gets 401, as from an instance with HttpTokens=required. */
+export type Imdsv2Mode = 'optional' | 'required';
+export const IMDSV2_MODES: readonly Imdsv2Mode[] = ['optional', 'required'];
 
 export interface InterceptionConfig {
   /** Address the DNAT rules send metadata traffic to, and the metadata server binds to. */
@@ -46,8 +51,10 @@ export interface Config {
   metadataEndpoint: string;
   /** Pass-through paths (relative to /, e.g. `latest/meta-data/instance-id`) must match one of these… */
   allowRoutes: RegExp[];
-  /** …and none of these. */
+  /** …and none of these: the default list (unless --no-default-deny), then --deny-route-regexp's. */
   denyRoutes: RegExp[];
+  /** --imdsv2: whether pods must present a token on GETs. */
+  imdsv2: Imdsv2Mode;
 
   /** e.g. arn:aws:iam::123456789012:role/ — a role name in an annotation is appended to it. */
   roleBaseArn?: string;
@@ -58,11 +65,21 @@ export interface Config {
   sessionNameTemplate: string;
   region: string;
   stsEndpoint?: string;
+  /** --session-tags: STS session tags naming the pod (src/cache/session-tags.ts). */
+  sessionTags: boolean;
+  /** --cluster-name (env CLUSTER_NAME): the kubernetes-cluster-name session tag; absent: no such tag. */
+  clusterName?: string;
   namespaceRestriction: boolean;
   /** How the entries of kube2iam's namespace annotation iam.amazonaws.com/allowed-roles match (--namespace-restriction-format). */
   allowedRolesFormat: 'glob' | 'regexp';
   /** How long a request from an unknown IP waits for the watch before the live look-up. */
   podWaitMs: number;
+  /** Open connections to the metadata server per source IP (src/server/fairness.ts); 0: no cap. */
+  maxConnectionsPerIp: number;
+  /** Sustained metadata requests a second per source IP, bursts of 3 s' worth; 0: no cap. */
+  maxRequestsPerSecond: number;
+  /** A metadata connection idle this long between requests is closed; a request's headers must arrive within it. */
+  idleTimeoutMs: number;
 
   logLevel: string;
   logFormat: LogFormat;
@@ -97,6 +114,9 @@ export interface RawOptions {
   /** uswitch/kiam's allow list: matched against the path with its leading slash. */
   whitelistRouteRegexp?: string[];
   denyRouteRegexp?: string[];
+  /** false with --no-default-deny: the default deny list is dropped. */
+  defaultDeny?: boolean;
+  imdsv2?: string;
   roleBaseArn?: string;
   roleBaseArnAutodetect?: boolean;
   defaultRole?: string;
@@ -104,9 +124,14 @@ export interface RawOptions {
   sessionName?: string;
   region?: string;
   stsEndpoint?: string;
+  sessionTags?: boolean;
+  clusterName?: string;
   namespaceRestriction?: boolean;
   namespaceRestrictionFormat?: string;
   podWaitTimeout?: string;
+  maxConnectionsPerIp?: string;
+  maxRequestsPerSecond?: string;
+  idleTimeout?: string;
   logLevel?: string;
   logFormat?: string;
 }
@@ -120,9 +145,13 @@ export const DEFAULTS = {
   metadataEndpoint: 'http://169.254.169.254',
   /** Pass-through paths refused unless the operator says otherwise: user data and the instance's own identity keys. */
   denyRouteRegexp: ['^[^/]+/user-data(/|$)', '^[^/]+/meta-data/identity-credentials(/|$)'],
+  imdsv2: 'optional',
   sessionDuration: '1h',
   sessionName: '{namespace}.{pod}',
   podWaitTimeout: '800ms',
+  maxConnectionsPerIp: '128',
+  maxRequestsPerSecond: '100',
+  idleTimeout: '5s',
   namespaceRestrictionFormat: 'glob',
   logLevel: 'info',
   logFormat: 'json',
@@ -145,6 +174,46 @@ export function parseDuration(text: string): number {
     consumed += match[0].length;
   }
   return consumed === trimmed.length && consumed > 0 ? total : Number.NaN;
+}
+
+/**
+ * Regular expressions written by someone else than this code's authors (a namespace's `permitted` and `allowed-roles`
+ * annotations, the route flags) run on V8's linear-time engine, the RegExp `l` flag
+ * (https://v8.dev/blog/non-backtracking-regexp): the time a match takes grows with the input, never exponentially,
+ * whatever the pattern, so `(a+)+$` cannot stall the agent's event loop. The engine sits behind the V8 flag
+ * --enable-experimental-regexp-engine: the image's ENTRYPOINT passes it, and it is set here otherwise, before the
+ * first such pattern is compiled (Node 20 and 22 allow that). It refuses, as a SyntaxError, what it cannot run in
+ * linear time: backreferences, lookahead, lookbehind before Node 22, and counted repetition whose bounds multiply
+ * past 16 (`{1,64}`, `(x{4}){5}`; V8 unrolls them); no V8 flag raises that limit.
+ */
+let linearEngine: boolean | undefined;
+
+/** Whether the `l` flag is available, enabling the engine on first use; false when this Node.js lacks it. */
+export function linearEngineAvailable(): boolean {
+  if (linearEngine === undefined) {
+    const probe = () => {
+      try {
+        new RegExp('', 'l');
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    if (!probe()) setFlagsFromString('--enable-experimental-regexp-engine');
+    linearEngine = probe();
+  }
+  return linearEngine;
+}
+
+/** A pattern on the linear-time engine; throws a SyntaxError (with a plain reason) for what it cannot compile. */
+export function linearRegExp(source: string, flags = ''): RegExp {
+  if (!linearEngineAvailable()) throw new Error('this Node.js has no linear-time RegExp engine (V8 flag --enable-experimental-regexp-engine)');
+  try {
+    return new RegExp(source, `${flags}l`);
+  } catch (err) {
+    const text = err instanceof Error ? err.message : String(err);
+    throw new SyntaxError(/linear time/.test(text) ? 'the linear-time engine cannot run it: no backreferences, no lookarounds, no counted repetition above 16 (such as {1,64})' : text);
+  }
 }
 
 /** `--role-base-arn`: a role ARN prefix ending in `/` (a path may follow `role/`). */
@@ -310,15 +379,20 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   } catch {
     problems.push(`--metadata-endpoint: "${opt.metadataEndpoint}" must be an http:// base URL such as http://169.254.169.254`);
   }
+  // Pods choose the paths these are matched against: linear-time patterns only (linearRegExp).
   const allowRoutes = compileAll('--allow-route-regexp', opt.allowRouteRegexp ?? [], problems);
   for (const p of raw.whitelistRouteRegexp ?? []) {
     try {
-      allowRoutes.push(new LeadingSlashRegExp(p));
+      allowRoutes.push(LeadingSlashRegExp.of(p));
     } catch (err) {
       problems.push(`--whitelist-route-regexp: "${p}" is not a valid regular expression (${(err as Error).message})`);
     }
   }
-  const denyRoutes = compileAll('--deny-route-regexp', opt.denyRouteRegexp, problems);
+  // --deny-route-regexp adds to the default list (user-data, identity credentials); --no-default-deny drops it.
+  const denySources = [...new Set([...(raw.defaultDeny === false ? [] : DEFAULTS.denyRouteRegexp), ...(raw.denyRouteRegexp ?? [])])];
+  const denyRoutes = compileAll('--deny-route-regexp', denySources, problems);
+  const imdsv2 = opt.imdsv2;
+  if (!(IMDSV2_MODES as readonly string[]).includes(imdsv2)) problems.push(`--imdsv2: "${imdsv2}" is not one of ${IMDSV2_MODES.join(', ')}`);
 
   const roleBaseArn = raw.roleBaseArn;
   if (roleBaseArn !== undefined && !ROLE_BASE_ARN.test(roleBaseArn)) {
@@ -353,12 +427,20 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
       problems.push(`--sts-endpoint: "${raw.stsEndpoint}" is not an http(s) URL`);
     }
   }
+  const clusterName = raw.clusterName ?? (env.CLUSTER_NAME || undefined);
+  const clusterProblem = clusterName === undefined ? undefined : tagValueProblem(clusterName);
+  if (clusterProblem) problems.push(`--cluster-name: "${clusterName}" ${clusterProblem}`);
+  if (clusterName === '') problems.push('--cluster-name must not be empty');
   const allowedRolesFormat = opt.namespaceRestrictionFormat;
   if (allowedRolesFormat !== 'glob' && allowedRolesFormat !== 'regexp') {
     problems.push(`--namespace-restriction-format: "${allowedRolesFormat}" is not one of glob, regexp`);
   }
   const podWaitMs = parseDuration(opt.podWaitTimeout);
   if (!(podWaitMs >= 0 && podWaitMs <= 10_000)) problems.push(`--pod-wait-timeout: "${opt.podWaitTimeout}" must be a duration between 0 and 10s`);
+  const maxConnectionsPerIp = parseCap('--max-connections-per-ip', opt.maxConnectionsPerIp, problems);
+  const maxRequestsPerSecond = parseCap('--max-requests-per-second', opt.maxRequestsPerSecond, problems);
+  const idleTimeoutMs = parseDuration(opt.idleTimeout);
+  if (!(idleTimeoutMs >= 1000 && idleTimeoutMs <= 300_000)) problems.push(`--idle-timeout: "${opt.idleTimeout}" must be a duration between 1s and 5m`);
 
   if (!LOG_LEVELS.includes(opt.logLevel)) problems.push(`--log-level: "${opt.logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   if (opt.logFormat !== 'json' && opt.logFormat !== 'pretty') problems.push(`--log-format: "${opt.logFormat}" is not one of json, pretty`);
@@ -384,6 +466,7 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     metadataEndpoint,
     allowRoutes: Object.freeze(allowRoutes) as RegExp[],
     denyRoutes: Object.freeze(denyRoutes) as RegExp[],
+    imdsv2: imdsv2 as Imdsv2Mode,
     roleBaseArn,
     roleBaseArnAutodetect: Boolean(raw.roleBaseArnAutodetect),
     defaultRole: raw.defaultRole,
@@ -391,9 +474,14 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     sessionNameTemplate,
     region,
     stsEndpoint: raw.stsEndpoint,
+    sessionTags: Boolean(raw.sessionTags),
+    clusterName,
     namespaceRestriction: raw.namespaceRestriction !== false,
     allowedRolesFormat: allowedRolesFormat as 'glob' | 'regexp',
     podWaitMs,
+    maxConnectionsPerIp,
+    maxRequestsPerSecond,
+    idleTimeoutMs,
     logLevel: opt.logLevel,
     logFormat: opt.logFormat as LogFormat,
   });
@@ -405,9 +493,28 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
  * `source` stays the pattern as given.
  */
 export class LeadingSlashRegExp extends RegExp {
+  /**
+   * The pattern on the linear-time engine, as every route pattern (linearRegExp). With the engine enabled at run time
+   * rather than on the command line, a subclass's `flags` reads without the `l`; it still runs on that engine.
+   */
+  static of(source: string): LeadingSlashRegExp {
+    linearRegExp(source);
+    return new LeadingSlashRegExp(source, 'l');
+  }
+
   override exec(text: string): RegExpExecArray | null {
     return super.exec(`/${text}`);
   }
+}
+
+/** A per-source cap: a whole number, 0 meaning none. */
+function parseCap(flag: string, text: string, problems: string[]): number {
+  const n = Number(text);
+  if (!/^\d{1,7}$/.test(text)) {
+    problems.push(`${flag}: "${text}" must be a whole number (0 for no cap)`);
+    return 0;
+  }
+  return n;
 }
 
 function parsePort(flag: string, text: string, problems: string[]): number {
@@ -423,7 +530,7 @@ function compileAll(flag: string, patterns: readonly string[], problems: string[
   const out: RegExp[] = [];
   for (const p of patterns) {
     try {
-      out.push(new RegExp(p));
+      out.push(linearRegExp(p));
     } catch (err) {
       problems.push(`${flag}: "${p}" is not a valid regular expression (${(err as Error).message})`);
     }

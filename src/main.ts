@@ -10,10 +10,11 @@ import pkg from '../package.json' with { type: 'json' };
 import { AwsStsGateway } from './cache/sts.ts';
 import { CredentialCache } from './cache/credentials.ts';
 import { Prefetcher } from './cache/prefetch.ts';
+import { resolveRegion } from './cache/region.ts';
 import { parseCommandLine } from './cli.ts';
 import { systemClock } from './clock.ts';
-import { isRegionName, type Config } from './config.ts';
-import { Lifecycle } from './lifecycle.ts';
+import type { Config } from './config.ts';
+import { Lifecycle, Startup } from './lifecycle.ts';
 import { createMetrics } from './metrics.ts';
 import { spawnRunner } from './netfilter/exec.ts';
 import { DEFAULT_CHAIN } from './netfilter/rules.ts';
@@ -60,24 +61,28 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
   const clock = systemClock;
   const metrics = createMetrics({ defaultMetrics: true });
   const lifecycle = new Lifecycle(logger, SHUTDOWN_DEADLINE_MS);
-  const startup = new AbortController();
+  // SIGTERM during start-up: no further step starts, the agent is never marked serving, and the stop hooks run
+  // once the step in flight has ended (lifecycle.ts, Startup).
+  const startup = new Startup(lifecycle, logger);
   const state = { serving: false };
   let resolverReady = () => false;
+  let podIndexFresh = () => false;
   /** Without interception there is nothing to wait for; with it, whether every interceptor last found itself in place. */
   let rulesReady = () => config.intercept === 'none';
 
   let exitCode = 0;
   const stopped = new Promise<void>((resolve) => {
+    let shuttingDown = false;
     const shutdown = (signal: string) => {
-      if (lifecycle.stopped) return;
+      if (shuttingDown || lifecycle.stopped) return;
+      shuttingDown = true;
       logger.info({ signal }, 'shutting down');
       state.serving = false; // not ready first, so the node stops routing to us before we drain
-      startup.abort(new Error(`stopped by ${signal} during start-up`));
       setTimeout(() => {
         logger.error('shutdown did not finish in time; exiting');
         process.exit(1);
       }, HARD_EXIT_MS).unref();
-      void lifecycle.stop().then((clean) => {
+      void startup.stop(new Error(`stopped by ${signal} during start-up`)).then((clean) => {
         if (!clean) exitCode = 1;
         resolve();
       });
@@ -87,8 +92,8 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
   });
 
   const readiness = () => {
-    const checks = { watch: resolverReady(), serving: state.serving, rules: rulesReady() };
-    return { ready: checks.watch && checks.serving && checks.rules, checks };
+    const checks = { watch: resolverReady(), serving: state.serving, rules: rulesReady(), podIndex: podIndexFresh() };
+    return { ready: checks.watch && checks.serving && checks.rules && checks.podIndex, checks };
   };
   /** What /debug/state reports; the sources are filled in as the components start. */
   const debug: DebugSources = {
@@ -102,7 +107,7 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
 
   try {
     const ops = buildOpsApp({ metrics, logger, readiness, debugState: () => collectDebugState(debug) });
-    await ops.listen({ host: '0.0.0.0', port: config.metricsPort });
+    await startup.step('metrics server', () => ops.listen({ host: '0.0.0.0', port: config.metricsPort }));
     lifecycle.onStop('metrics server', () => ops.close());
 
     const upstream = createUpstream({ endpoint: config.metadataEndpoint, clock, logger });
@@ -110,7 +115,8 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
 
     const roleBaseArn = config.roleBaseArnAutodetect ? await autodetectRoleBaseArn(upstream) : config.roleBaseArn;
     if (config.roleBaseArnAutodetect) logger.info({ roleBaseArn }, 'role base ARN detected from the node instance profile');
-    const region = config.region || (await detectRegion(upstream, logger));
+    const { region, source: regionSource } = await resolveRegion({ configured: config.region, metadata: upstream, roleArns: [roleBaseArn, config.defaultRole], logger });
+    debug.sts = () => ({ region, regionSource });
 
     const sts = new AwsStsGateway({ region, endpoint: config.stsEndpoint, timeoutMs: STS_TIMEOUT_MS });
     const cache = new CredentialCache({ sts, clock, metrics, logger, sessionDurationSec: config.sessionDurationSec, stsTimeoutMs: STS_TIMEOUT_MS });
@@ -128,12 +134,18 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       allowedRolesFormat: config.allowedRolesFormat,
       sessionNameTemplate: config.sessionNameTemplate,
       nodeName: config.nodeName,
+      ...(config.sessionTags ? { sessionTags: { clusterName: config.clusterName } } : {}),
     });
+    if (config.sessionTags && !config.sessionNameTemplate.includes('{pod}')) {
+      logger.warn({ sessionName: config.sessionNameTemplate }, '--session-tags name the pod: each pod gets an STS session of its own, so the session name no longer shares sessions');
+    }
     const kubeConfig = loadKubeConfig(config.kubeconfig);
     const { pods, namespaces } = createKubeSources({ kubeConfig, nodeName: config.nodeName, metrics, logger, clock });
     const resolver = new Resolver({ pods, namespaces, policy, clock, metrics, logger, podWaitMs: config.podWaitMs });
     resolver.onIdentity((podUid, lookup) => prefetcher.podIdentity(podUid, lookup?.kind === 'role' ? lookup.identity : undefined));
     resolverReady = () => resolver.ready();
+    podIndexFresh = () => resolver.freshness().fresh;
+    debug.podIndex = () => ({ ...resolver.freshness(), namespaces: resolver.namespaceSync() });
     debug.pods = () => resolver.currentIdentities().values();
     resolver.start();
     lifecycle.onStop('pod watch', async () => {
@@ -141,7 +153,7 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       await resolver.stop();
     });
     logger.info({ node: config.nodeName }, 'waiting for the pod and namespace watches to sync');
-    await resolver.whenReady(startup.signal);
+    await startup.step('watches synced', (signal) => resolver.whenReady(signal));
     logger.info({ pods: resolver.podsIndexed }, 'watches synced');
 
     const app = buildApp({
@@ -154,13 +166,15 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       clock,
       allowRoutes: config.allowRoutes,
       denyRoutes: config.denyRoutes,
+      limits: { maxConnectionsPerIp: config.maxConnectionsPerIp, maxRequestsPerSecond: config.maxRequestsPerSecond, idleTimeoutMs: config.idleTimeoutMs },
+      imdsv2: config.imdsv2,
     });
     const hosts = [config.hostIp ?? '127.0.0.1', ...(config.hostIpv6 ? [config.hostIpv6] : [])];
-    lifecycle.onStop('metadata server', await listenOn(app, hosts, config.port));
+    lifecycle.onStop('metadata server', await startup.step('metadata server', () => listenOn(app, hosts, config.port)));
     logger.info({ addresses: hosts.map((h) => (h.includes(':') ? `[${h}]:${config.port}` : `${h}:${config.port}`)) }, 'metadata server listening');
 
     if (config.intercept !== 'none') {
-      const interception = await buildInterception(config, { runner: spawnRunner(), clock, metrics, logger, facts: realNodeFacts });
+      const interception = await startup.step('interception', () => buildInterception(config, { runner: spawnRunner(), clock, metrics, logger, facts: realNodeFacts }));
       const { interceptors, iptables, backend, ebpf, ebpfInterceptor } = interception;
       // Registered before install so that a failed install still stops the timers.
       lifecycle.onStop('interception', async () => {
@@ -170,7 +184,7 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
         }
         if (!config.removeRulesOnExit) logger.info('interception kept: pods fail closed until the agent is back (--remove-rules-on-exit to change)');
       });
-      await installInterception(interception, config.intercept, logger, startup.signal);
+      await startup.step('interception install', (signal) => installInterception(interception, config.intercept, logger, signal));
       rulesReady = () => interceptors.every((i) => i.present);
       if (iptables && backend) {
         debug.rules = () => ({ enabled: true, backend: backend.name, backendReason: backend.reason, chain: DEFAULT_CHAIN, present: iptables.present });
@@ -186,7 +200,9 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
         });
       }
     }
-    state.serving = true;
+    startup.ready(() => {
+      state.serving = true;
+    });
     logger.info('ready');
   } catch (err) {
     if (!startup.signal.aborted) {
@@ -196,25 +212,14 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       logger.flush();
       return exitCode;
     }
+    logger.info({ reason: err instanceof Error ? err.message : String(err) }, 'start-up stopped');
+  } finally {
+    startup.finished();
   }
   await stopped;
   logger.info({ exitCode }, 'stopped');
   logger.flush();
   return exitCode;
-}
-
-async function detectRegion(upstream: { getText(path: string): Promise<string> }, logger: Logger): Promise<string> {
-  try {
-    const region = (await upstream.getText('latest/meta-data/placement/region')).trim();
-    if (isRegionName(region)) {
-      logger.info({ region }, 'region detected from the node metadata');
-      return region;
-    }
-  } catch (err) {
-    logger.debug({ err }, 'no region from the node metadata');
-  }
-  logger.warn('no --region, AWS_REGION or node metadata region: using us-east-1');
-  return 'us-east-1';
 }
 
 /** `kiam intercept …`, `kiam iptables …` (the iptables half alone, printed as before) and `kiam init`. */

@@ -16,6 +16,10 @@ export interface Metrics {
   readonly stsErrors: Counter<'code'>;
   /** Identities whose credentials the cache currently holds. */
   readonly cachedIdentities: Gauge;
+  /** Credential requests answered below the serving floor because STS was failing (down to 5 min before expiry). */
+  readonly staleServed: Counter;
+  /** Identities whose last STS call failed, by kind (retryable: an outage; non-retryable: a refusal to fix). */
+  readonly stsFailingIdentities: Gauge<'kind'>;
   /** Live pods in the index (this node, not hostNetwork, not finished). */
   readonly podsIndexed: Gauge;
   readonly ambiguousIps: Counter;
@@ -23,12 +27,25 @@ export interface Metrics {
   readonly unknownIps: Counter;
   /** Pod look-ups answered by the live GET fallback rather than the watch. */
   readonly liveLookups: Counter<'result'>;
+  /**
+   * Live GETs that confirmed a source while the pod index was not known fresh, by result: same (the index agreed),
+   * differs (another pod, or none), unavailable (API unreachable: the index served), refused (API said no: nothing served).
+   */
+  readonly confirmations: Counter<'result'>;
+  /** Seconds since the pod index was last known in sync (list, watch event or bookmark); read at scrape time. */
+  readonly podIndexStaleness: Gauge;
+  /** 1 while the pod index is known fresh (answers come from it), 0 while each request is confirmed live; at scrape time. */
+  readonly podIndexFresh: Gauge;
+  /** Where the two gauges above read from; the resolver sets it. */
+  podIndexSource: (() => { fresh: boolean; stalenessSeconds: number | undefined }) | undefined;
   /** Watch (re)starts by resource (pods, namespaces) and reason. */
   readonly watchRestarts: Counter<'resource'>;
   /** Denied credential requests by reason. */
   readonly denials: Counter<'reason'>;
   /** Metadata requests refused (403) because their source is no pod of this node (unknown) or more than one (ambiguous). */
   readonly foreignSources: Counter<'reason'>;
+  /** Connections and requests refused by the per-source limits, by reason (connections, rate, header-size, header-timeout). */
+  readonly clientLimits: Counter<'reason'>;
   /** Rule checks by outcome: in-sync, repaired (drift found and re-applied), error. */
   readonly ruleReconciles: Counter<'result'>;
   /** 1 while the interception rules are in place, 0 otherwise. */
@@ -46,7 +63,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
   // Event-loop lag sampled once a second, not every 10 ms (prom-client's default wakes an idle agent 100 times a second).
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'kiam_', eventLoopMonitoringPrecision: 1000 });
   const registers = [registry];
-  return {
+  const metrics: Metrics = {
     registry,
     requestDuration: new Histogram({
       name: 'kiam_metadata_request_duration_seconds',
@@ -66,15 +83,57 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     }),
     stsErrors: new Counter({ name: 'kiam_sts_errors_total', help: 'Failed STS AssumeRole calls, by error code', labelNames: ['code'], registers }),
     cachedIdentities: new Gauge({ name: 'kiam_credentials_cached_identities', help: 'Identities (role, external ID, session name) held in the cache', registers }),
+    staleServed: new Counter({
+      name: 'kiam_credentials_stale_served_total',
+      help: 'Credential requests answered below the 30-minute floor (down to 5 min before expiry) because STS was failing',
+      registers,
+    }),
+    stsFailingIdentities: new Gauge({
+      name: 'kiam_sts_failing_identities',
+      help: 'Identities whose last STS call failed, by kind (retryable, non-retryable)',
+      labelNames: ['kind'],
+      registers,
+    }),
     podsIndexed: new Gauge({ name: 'kiam_pods_indexed', help: 'Live pods of this node in the IP index', registers }),
     ambiguousIps: new Counter({ name: 'kiam_pod_ip_ambiguous_total', help: 'Requests refused because two live pods share the source IP', registers }),
     unknownIps: new Counter({ name: 'kiam_pod_ip_unknown_total', help: 'Requests from an IP that matched no pod of this node', registers }),
     liveLookups: new Counter({ name: 'kiam_pod_live_lookups_total', help: 'Live API look-ups of a pod by IP after the watch had not seen it, by result', labelNames: ['result'], registers }),
+    confirmations: new Counter({
+      name: 'kiam_pod_index_confirmations_total',
+      help: 'Live GETs confirming a source while the pod index was not known fresh, by result (same, differs, unavailable, refused)',
+      labelNames: ['result'],
+      registers,
+    }),
+    podIndexStaleness: new Gauge({
+      name: 'kiam_pod_index_staleness_seconds',
+      help: 'Seconds since the pod index was last known in sync (a list, a watch event or a bookmark)',
+      registers,
+      collect() {
+        const s = metrics.podIndexSource?.().stalenessSeconds;
+        if (s !== undefined) this.set(s);
+      },
+    }),
+    podIndexFresh: new Gauge({
+      name: 'kiam_pod_index_fresh',
+      help: '1 while the pod index is known fresh; 0 while each request is confirmed by a live GET',
+      registers,
+      collect() {
+        const f = metrics.podIndexSource?.();
+        if (f) this.set(f.fresh ? 1 : 0);
+      },
+    }),
+    podIndexSource: undefined,
     watchRestarts: new Counter({ name: 'kiam_watch_restarts_total', help: 'Watches restarted after they stopped, by resource', labelNames: ['resource'], registers }),
     denials: new Counter({ name: 'kiam_credential_denials_total', help: 'Credential requests refused, by reason', labelNames: ['reason'], registers }),
     foreignSources: new Counter({
       name: 'kiam_foreign_source_requests_total',
       help: 'Metadata requests refused because the source is not a pod of this node, by reason (unknown, ambiguous)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    clientLimits: new Counter({
+      name: 'kiam_client_limits_total',
+      help: 'Connections and requests refused by the per-source limits, by reason (connections, rate, header-size, header-timeout)',
       labelNames: ['reason'],
       registers,
     }),
@@ -89,4 +148,5 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       registers,
     }),
   };
+  return metrics;
 }

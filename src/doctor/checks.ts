@@ -3,6 +3,7 @@
  * Kubernetes GET, node facts, clock) that returns rows with a verdict and, for every verdict but OK, the fix in
  * words. None throws: whatever cannot be reached is a FAIL row.
  */
+import { stsErrorFix } from '../cache/sts-errors.ts';
 import { DEFAULTS, type InterceptMode, type IptablesBackendChoice } from '../config.ts';
 import { detectBackend, EBPF_DATAPLANE_INTERFACES, type Backend } from '../netfilter/backend.ts';
 import { readLive } from '../netfilter/ebpf/interceptor.ts';
@@ -707,12 +708,25 @@ export function interceptionRows(ai: AgentInterception, dp: Dataplane, ebpf: Ebp
 
 // ---- 6. metadata endpoint ---------------------------------------------------------------------------------
 
-export async function checkMetadata(http: HttpPort, endpoint: string, timeoutMs: number): Promise<CheckRow[]> {
+/**
+ * The node's metadata service, as the agent (host network) reaches it: a token PUT, then a GET with the token; then a
+ * GET without one, to learn whether the instance requires tokens (HttpTokens=required answers it 401). agentImdsv2 is
+ * the running agent's --imdsv2 (undefined: no agent read; an agent older than the flag reports nothing and answers
+ * token-less GETs): a node that requires tokens and an agent that does not is a WARN, since pods then keep IMDSv1.
+ *
+ * Hop limit (HttpPutResponseHopLimit): pods never need more than 1 with kiam. Their requests, the token PUT included,
+ * are answered by the agent and never reach the real service; the agent's own requests leave from the node's network
+ * namespace, which 1 covers. A limit of 1 also keeps a pod the interception missed from getting a token of the real
+ * service (its answer would need a second hop): it gets nothing rather than the node's role. Only a doctor run from a
+ * container without the host network needs 2.
+ */
+export async function checkMetadata(http: HttpPort, endpoint: string, timeoutMs: number, agentImdsv2?: string): Promise<CheckRow[]> {
   const id = 'metadata';
   const title = 'metadata endpoint';
   const fixUnreachable =
     `the agent needs ${endpoint} for pass-through paths, region detection and --role-base-arn-autodetect: run doctor on an EC2 node ` +
-    '(or inside the agent pod, which uses the host network); check the instance metadata options (HttpEndpoint enabled, HttpPutResponseHopLimit ≥ 2 for containers) and that no NetworkPolicy/firewall drops 169.254.169.254';
+    '(or inside the agent pod, which uses the host network: kubectl -n kiam exec ds/kiam -- kiam doctor); check the instance metadata options (HttpEndpoint enabled; ' +
+    'HttpPutResponseHopLimit 1 is enough for the agent, which uses the host network) and that no NetworkPolicy/firewall drops 169.254.169.254';
   let token: string | undefined;
   let tokenProblem = '';
   try {
@@ -722,18 +736,37 @@ export async function checkMetadata(http: HttpPort, endpoint: string, timeoutMs:
   } catch (err) {
     return [row(id, title, 'fail', `${endpoint}: token PUT failed: ${message(err)}`, fixUnreachable)];
   }
+  let entries: number;
   try {
     const get = await http.request(`${endpoint}/latest/meta-data/`, { headers: token ? { 'x-aws-ec2-metadata-token': token } : {}, timeoutMs });
     if (get.status !== 200) {
       return [row(id, title, 'fail', `${endpoint}: GET /latest/meta-data/ answered ${get.status}${tokenProblem ? ` (${tokenProblem})` : ''}`, fixUnreachable)];
     }
-    if (!token) {
-      return [row(id, title, 'warn', `${endpoint} answers IMDSv1 only (${tokenProblem})`, 'IMDSv2 tokens are refused: raise the instance\'s HttpPutResponseHopLimit to 2 (the token PUT crosses one extra hop from a container) or enable IMDSv2')];
-    }
-    return [row(id, title, 'ok', `${endpoint} answers (IMDSv2 token, ${get.body.split('\n').filter(Boolean).length} meta-data entries)`)];
+    entries = get.body.split('\n').filter(Boolean).length;
   } catch (err) {
     return [row(id, title, 'fail', `${endpoint}: GET /latest/meta-data/ failed: ${message(err)}`, fixUnreachable)];
   }
+  if (!token) {
+    return [row(id, title, 'warn', `${endpoint} answers IMDSv1 only (${tokenProblem})`,
+      'the token PUT was refused: from a container without the host network its answer needs HttpPutResponseHopLimit 2, so run doctor in the agent pod ' +
+      '(kubectl -n kiam exec ds/kiam -- kiam doctor), where 1 is enough and is what pods should have; otherwise the metadata service is too old for IMDSv2')];
+  }
+  // Whether the node requires tokens: a token-less GET answers 401 there. An error here says nothing either way.
+  let required: boolean | undefined;
+  try {
+    const bare = await http.request(`${endpoint}/latest/meta-data/`, { timeoutMs });
+    required = bare.status === 401 ? true : bare.status === 200 ? false : undefined;
+  } catch {
+    required = undefined;
+  }
+  const tokens = required === true ? ', tokens required' : required === false ? ', tokens optional' : '';
+  const rows = [row(id, title, 'ok', `${endpoint} answers (IMDSv2 token, ${entries} meta-data entries${tokens})`)];
+  if (required && agentImdsv2 !== undefined && agentImdsv2 !== 'required') {
+    rows.push(row('metadata.imdsv2', 'IMDSv2 for pods', 'warn',
+      `this node's metadata service requires IMDSv2 tokens (HttpTokens=required), but the agent answers pods' GETs without one (--imdsv2 ${agentImdsv2})`,
+      'run the agent with --imdsv2 required (add it to the DaemonSet args), so pods are held to the node\'s rule'));
+  }
+  return rows;
 }
 
 // ---- 7. API server --------------------------------------------------------------------------------------
@@ -808,6 +841,7 @@ const READINESS_FIX: Record<string, string> = {
   watch: 'the pod and namespace watches have not synced: see the API server row, and the agent\'s RBAC (get/list/watch pods and namespaces)',
   serving: 'the metadata server is not listening: the agent is still starting or shutting down (see its log)',
   rules: 'the interception is not in place: see the interception, eBPF, chain and jump rows and the agent\'s log',
+  podIndex: 'the pod index is not known fresh: see the pod index row',
 };
 
 const DENIAL_FIX: Record<string, (p: DebugPod) => string> = {
@@ -818,14 +852,6 @@ const DENIAL_FIX: Record<string, (p: DebugPod) => string> = {
   'invalid-role': () => 'fix the pod\'s iam.amazonaws.com/role annotation: a role name or a full ARN (arn:aws:iam::<account>:role/[path/]name)',
   'no-base-arn': () => 'use a full role ARN in the annotation, or start the agent with --role-base-arn arn:aws:iam::<account>:role/',
   'invalid-external-id': () => 'fix the pod\'s iam.amazonaws.com/external-id annotation: 2-1224 characters of [\\w+=,.@:/-]',
-};
-
-const STS_FIX: Record<string, string> = {
-  AccessDenied: "the agent's own identity may not assume this role: the role's trust policy must trust the agent's role (sts:AssumeRole), and the agent's policy must allow sts:AssumeRole on it",
-  Throttling: "STS throttles the agent: share sessions (--session-name 'kiam-{namespace}'), or ask AWS for a higher quota",
-  timeout: 'STS did not answer in time: check egress from the node to STS (or the VPC endpoint given with --sts-endpoint)',
-  network: 'STS is unreachable: check egress from the node to STS (or the VPC endpoint given with --sts-endpoint) and --region',
-  'no-credentials': "the agent has no AWS identity of its own: give it one (IRSA, the node's instance profile, or environment variables)",
 };
 
 const MINUTE = 60_000;
@@ -842,13 +868,22 @@ export function identityRow(identity: DebugIdentity, now: number): CheckRow {
   const title = `credentials ${identity.sessionName}`;
   const what = `${identity.roleArn}${identity.externalId ? ' (external ID)' : ''}`;
   const err = identity.lastError;
-  const stsFix = err ? (STS_FIX[err.code] ?? `STS answered ${err.code}: see the agent's log ("assume role failed") for the full error`) : '';
+  const stsFix = err ? (stsErrorFix(err.code) ?? `STS answered ${err.code}: see the agent's log ("assume role failed") for the full error`) : '';
   const servable = identity.servableUntil ? Date.parse(identity.servableUntil) : undefined;
+  // Not retryable: a refusal (trust policy, session duration…) that only a change on the AWS side mends.
+  const refused = err?.retryable === false ? '; not retryable: fix it, the agent tries again every 30 s to 2 min' : '';
   if (err && !identity.accessKeyId) {
-    return row(id, title, 'fail', `${what}: no credentials; STS ${err.code}: ${err.message} (${err.failures} failure(s), next try ${inMinutes(Date.parse(err.retryAt) - now)})`, `pods using it get 503; ${stsFix}`);
+    return row(id, title, 'fail', `${what}: no credentials; STS ${err.code}: ${err.message} (${err.failures} failure(s), next try ${inMinutes(Date.parse(err.retryAt) - now)})${refused}`, `pods using it get 503; ${stsFix}`);
+  }
+  if (err && identity.stale) {
+    return row(id, title, 'warn',
+      `${what}: STS failing (${err.code}: ${err.message}, ${err.failures} in a row); serving ${identity.accessKeyId} below the 30-minute floor until ${identity.staleUntil} (5 min before it expires)`,
+      stsFix);
   }
   if (err) {
-    return row(id, title, 'warn', `${what}: refresh failing (${err.code}: ${err.message}); serving ${identity.accessKeyId} until ${identity.servableUntil}`, stsFix);
+    // Retryable: served below the floor once it is reached, down to staleUntil (5 min before expiry).
+    const until = identity.staleUntil ? `${identity.servableUntil}, then below the 30-minute floor until ${identity.staleUntil}` : identity.servableUntil;
+    return row(id, title, 'warn', `${what}: refresh failing (${err.code}: ${err.message}); serving ${identity.accessKeyId} until ${until}`, stsFix);
   }
   if (!identity.accessKeyId) {
     if (identity.fetching) return row(id, title, 'ok', `${what}: being fetched from STS`);
@@ -888,10 +923,49 @@ export function agentRows(state: DebugState, now: number): CheckRow[] {
       rows.push(row(`pod.${pod.namespace}.${pod.name}`, `pod ${pod.namespace}/${pod.name}`, 'warn', `denied (${pod.denialCode}): ${pod.denialReason}`, fix));
     }
   }
+  const index = podIndexRow(state);
+  if (index) rows.push(index);
   if (state.identities === null) {
     rows.push(row('agent.identities', 'credential cache', 'warn', 'the agent has not created its credential cache yet', 'wait for the agent to finish starting, then run doctor again'));
   } else {
+    const sts = stsRow(state, now);
+    if (sts) rows.push(sts);
     for (const identity of state.identities) rows.push(identityRow(identity, now));
   }
   return rows;
+}
+
+/**
+ * The pod index's freshness (agents older than it report nothing). Not fresh: every request waits for a live GET of
+ * its pod (or, with the API server unreachable, is answered from the index as it was); a warning for the first
+ * two minutes (one watch error is healed by the next bookmark, within 30 s), a failure after.
+ */
+export function podIndexRow(state: DebugState): CheckRow | undefined {
+  const index = state.podIndex;
+  if (!index) return undefined;
+  const age = index.stalenessSeconds === null ? 'never synced' : `last in sync ${index.stalenessSeconds} s ago`;
+  if (index.fresh) return row('agent.podIndex', 'pod index', 'ok', `fresh (${age})`);
+  const long = index.stalenessSeconds === null || index.stalenessSeconds > 120;
+  return row('agent.podIndex', 'pod index', long ? 'fail' : 'warn',
+    `not known fresh (${age}): ${index.reason ?? 'unknown reason'}; each request waits for a live GET of its pod`,
+    'see the API server row and the agent\'s log ("watch out of sync"): the agent\'s RBAC must allow watch on pods; a watch answered 403 or 429 while GETs work points at RBAC or API priority and fairness for the agent\'s service account');
+}
+
+/** STS health over every identity, when some identity's last call failed (each identity's row says which). */
+export function stsRow(state: DebugState, now: number): CheckRow | undefined {
+  const identities = state.identities ?? [];
+  const failing = identities.filter((i) => i.lastError);
+  if (failing.length === 0) return undefined;
+  const refused = failing.filter((i) => i.lastError?.retryable === false).length;
+  const stale = identities.filter((i) => i.stale).length;
+  const successes = identities.map((i) => (i.lastSuccess ? Date.parse(i.lastSuccess) : NaN)).filter((t) => Number.isFinite(t));
+  const last = successes.length > 0 ? `last success ${inMinutes(Math.max(...successes) - now)}` : 'no success yet';
+  const region = state.sts ? ` (region ${state.sts.region}, from ${state.sts.regionSource})` : '';
+  const codes = [...new Set(failing.map((i) => i.lastError!.code))].join(', ');
+  return row('agent.sts', 'STS', 'warn',
+    `${failing.length} of ${identities.length} identit${identities.length === 1 ? 'y' : 'ies'} failing${region}: ${codes}` +
+      `${refused > 0 ? `; ${refused} not retryable` : ''}${stale > 0 ? `; ${stale} served below the 30-minute floor` : ''}; ${last}`,
+    refused > 0
+      ? 'a not-retryable error needs a fix on the AWS side (trust policy, session duration, region): see the credential rows for each role'
+      : 'STS is failing for this node: the agent retries every 5-12 s and serves cached credentials down to 5 min before expiry (kiam_sts_failing_identities, kiam_credentials_stale_served_total)');
 }

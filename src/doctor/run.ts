@@ -121,7 +121,7 @@ export async function runDoctor(options: DoctorOptions, ports: DoctorPorts): Pro
     ...iptablesRows,
     ...ebpfRows,
   ];
-  rows.push(...(await guarded('metadata', 'metadata endpoint', () => checkMetadata(ports.http, options.metadataEndpoint, options.timeoutMs))));
+  rows.push(...(await guarded('metadata', 'metadata endpoint', () => checkMetadata(ports.http, options.metadataEndpoint, options.timeoutMs, agent ? (agent.config.imdsv2 ?? 'optional') : undefined))));
   const kubeconfig = options.kubeconfig ?? agent?.config.kubeconfig ?? undefined;
   rows.push(...(await guarded('apiserver', 'API server', () => checkApiServer(() => ports.kube(kubeconfig), agent?.config.nodeName || undefined, options.timeoutMs, options.kubeconfig !== undefined))));
   rows.push(...fetched.rows);

@@ -36,6 +36,8 @@ export interface DebugConfig {
   removeRulesOnExit: boolean;
   reconcileIntervalMs: number;
   metadataEndpoint: string;
+  /** --imdsv2: optional or required (agents older than the flag leave it out: they answer token-less GETs). */
+  imdsv2?: string;
   roleBaseArn: string | null;
   defaultRole: string | null;
   namespaceRestriction: boolean;
@@ -44,6 +46,10 @@ export interface DebugConfig {
   /** The region the agent uses for STS (as given; detected from the node's metadata at start when empty). */
   region: string | null;
   stsEndpoint: string | null;
+  /** --session-tags (agents older than the flag leave it out: no tags). */
+  sessionTags?: boolean;
+  /** --cluster-name, or null. */
+  clusterName?: string | null;
   podWaitMs: number;
 }
 
@@ -98,7 +104,38 @@ export interface DebugIdentity {
   /** Credentials are served until then; a refresh must land before. */
   servableUntil: string | null;
   refreshAt: string | null;
-  lastError: { code: string; message: string; failures: number; retryAt: string } | null;
+  /** retryable is absent from agents older than it. */
+  lastError: { code: string; message: string; failures: number; retryAt: string; retryable?: boolean } | null;
+  /** STS health (absent from older agents): the last success, failures in a row, the most recent error even if a success followed. */
+  lastSuccess?: string | null;
+  consecutiveFailures?: number;
+  lastErrorCode?: string | null;
+  lastErrorAt?: string | null;
+  /** Served below the floor right now because STS fails retryably; until staleUntil (5 min before expiry). */
+  stale?: boolean;
+  staleUntil?: string | null;
+  /** --session-tags sent with it. */
+  tags?: Array<{ key: string; value: string }>;
+}
+
+/** How current the agent's pod index is (absent from older agents). */
+export interface DebugPodIndex {
+  /** Answers come from the index; false: each request is confirmed by a live GET first. */
+  fresh: boolean;
+  /** When the pod watch was last known in sync (a list, a watch event or a bookmark). */
+  syncedAt: string | null;
+  stalenessSeconds: number | null;
+  /** Why it is not fresh, when it is not. */
+  reason: string | null;
+  /** The namespace watch, reported only (it does not gate answers). */
+  namespaces: { syncedAt: string | null; lost: string | null } | null;
+}
+
+/** The agent's STS client (absent from older agents). */
+export interface DebugSts {
+  region: string;
+  /** configured, metadata, identity-document, partition or default (src/cache/region.ts). */
+  regionSource: string;
 }
 
 export interface DebugState {
@@ -114,6 +151,10 @@ export interface DebugState {
   pods: DebugPod[] | null;
   /** Identities in the credential cache; null until the cache exists. */
   identities: DebugIdentity[] | null;
+  /** null until the agent has chosen its STS region (absent from older agents). */
+  sts?: DebugSts | null;
+  /** null until the watches have started (absent from older agents). */
+  podIndex?: DebugPodIndex | null;
 }
 
 export interface DebugSources {
@@ -127,6 +168,8 @@ export interface DebugSources {
   /** The resolver's current answer per live pod (Resolver.currentIdentities()). */
   pods?: () => Iterable<Lookup>;
   identities?: () => IdentitySnapshot[];
+  sts?: () => DebugSts;
+  podIndex?: () => { fresh: boolean; syncedAt: number | undefined; reason: string | undefined; namespaces: { syncedAt: number | undefined; lost: string | undefined } | undefined };
 }
 
 const iso = (ms: number | undefined): string | null => (ms === undefined || !Number.isFinite(ms) ? null : new Date(ms).toISOString());
@@ -148,6 +191,7 @@ export function debugConfig(config: Config): DebugConfig {
     removeRulesOnExit: config.removeRulesOnExit,
     reconcileIntervalMs: config.reconcileIntervalMs,
     metadataEndpoint: config.metadataEndpoint,
+    imdsv2: config.imdsv2,
     roleBaseArn: config.roleBaseArn ?? null,
     defaultRole: config.defaultRole ?? null,
     namespaceRestriction: config.namespaceRestriction,
@@ -155,6 +199,8 @@ export function debugConfig(config: Config): DebugConfig {
     sessionDurationSec: config.sessionDurationSec,
     region: config.region || null,
     stsEndpoint: config.stsEndpoint ?? null,
+    sessionTags: config.sessionTags,
+    clusterName: config.clusterName ?? null,
     podWaitMs: config.podWaitMs,
   };
 }
@@ -196,7 +242,16 @@ export function debugIdentity(s: IdentitySnapshot): DebugIdentity {
     lastUpdated: iso(s.lastUpdated),
     servableUntil: iso(s.servableUntil),
     refreshAt: iso(s.refreshAt),
-    lastError: s.lastError ? { code: s.lastError.code, message: s.lastError.message, failures: s.lastError.failures, retryAt: iso(s.lastError.retryAt)! } : null,
+    lastError: s.lastError
+      ? { code: s.lastError.code, message: s.lastError.message, failures: s.lastError.failures, retryAt: iso(s.lastError.retryAt)!, retryable: s.lastError.retryable }
+      : null,
+    lastSuccess: iso(s.lastSuccessAt),
+    consecutiveFailures: s.consecutiveFailures,
+    lastErrorCode: s.lastErrorCode ?? null,
+    lastErrorAt: iso(s.lastErrorAt),
+    stale: s.stale,
+    staleUntil: iso(s.staleUntil),
+    ...(s.tags ? { tags: s.tags.map((t) => ({ key: t.key, value: t.value })) } : {}),
   };
 }
 
@@ -226,5 +281,17 @@ export function collectDebugState(src: DebugSources): DebugState {
     ebpf: src.ebpf ? src.ebpf() : null,
     pods,
     identities,
+    sts: src.sts ? src.sts() : null,
+    podIndex: src.podIndex ? debugPodIndex(src.podIndex(), src.now()) : null,
+  };
+}
+
+export function debugPodIndex(p: NonNullable<ReturnType<NonNullable<DebugSources['podIndex']>>>, now: number): DebugPodIndex {
+  return {
+    fresh: p.fresh,
+    syncedAt: iso(p.syncedAt),
+    stalenessSeconds: p.syncedAt === undefined ? null : Math.max(0, Math.round((now - p.syncedAt) / 100) / 10),
+    reason: p.reason ?? null,
+    namespaces: p.namespaces ? { syncedAt: iso(p.namespaces.syncedAt), lost: p.namespaces.lost ?? null } : null,
   };
 }

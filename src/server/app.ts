@@ -6,6 +6,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
+import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, rawErrorResponse, type ClientLimits } from './fairness.ts';
 import { classify } from './paths.ts';
 import type { CredentialProvider, IdentityLookup } from './ports.ts';
 import { CREDENTIALS_PATH, createIamHandler } from './routes/credentials.ts';
@@ -27,10 +28,12 @@ import type { UpstreamClient } from './upstream.ts';
  * its source up (the resolver's wait, then one live look-up), and a source that is no pod of this node (another
  * node, the VPC, the host itself, a hostNetwork pod on the node's IP) or more than one gets 403, counted in
  * kiam_foreign_source_requests_total{reason} and never proxied. Every GET may carry a token (IMDSv2) or none
- * (IMDSv1); a token that does not verify for this source IP and the pod now holding it → 401. Source IP from
+ * (IMDSv1; with --imdsv2 required none → 401, pass-through included); a token that does not verify for this source
+ * IP and the pod now holding it → 401. Source IP from
  * the socket only; trustProxy off; only GET and HEAD for metadata (405 otherwise). Responses carry
  * `Server: EC2ws`; documents are text/plain, errors small text/html pages without reasons. Under event-loop
- * pressure → 503 with Retry-After (before anything else).
+ * pressure → 503 with Retry-After (before anything else but the per-source limits of fairness.ts: 429 over a
+ * source's connection or request cap, 431 for headers over 8 KiB, 408 for headers that do not arrive in time).
  */
 export type UnderPressureSettings = Omit<FastifyUnderPressureOptions, 'pressureHandler' | 'exposeStatusRoute' | 'customError' | 'healthCheck' | 'healthCheckInterval'> &
   Pick<FastifyUnderPressureOptions, 'healthCheck' | 'healthCheckInterval'>;
@@ -49,6 +52,10 @@ export interface AppDeps {
   denyRoutes: readonly RegExp[];
   /** @fastify/under-pressure thresholds; default DEFAULT_UNDER_PRESSURE. */
   underPressure?: UnderPressureSettings;
+  /** Per-source connection and request caps, idle and header timeouts (fairness.ts); default DEFAULT_CLIENT_LIMITS. */
+  limits?: ClientLimits;
+  /** --imdsv2: 'required' answers a GET without a token 401, as the real service does with HttpTokens=required. Default 'optional'. */
+  imdsv2?: 'optional' | 'required';
 }
 
 export const DEFAULT_UNDER_PRESSURE: UnderPressureSettings = { maxEventLoopDelay: 1000, retryAfter: 1 };
@@ -61,8 +68,7 @@ const PRESSURE_CODE = 'FST_UNDER_PRESSURE';
  * a dual-stack socket) reduced to IPv4. An IPv6 peer is as the socket reports it: compressed, lower case.
  */
 export function sourceIp(request: Pick<FastifyRequest, 'socket'>): string {
-  const addr = request.socket.remoteAddress ?? '';
-  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+  return peerAddress(request.socket.remoteAddress);
 }
 
 /** What listenOn needs of an app buildApp made: its request listener and how to set up another server like it. */
@@ -75,12 +81,13 @@ interface Binding {
 const bindings = new WeakMap<FastifyInstance, Binding>();
 
 /** What serverFactory receives from fastify: its options with the defaults applied. */
-type ServerFactoryOptions = Pick<FastifyServerOptions, 'keepAliveTimeout' | 'requestTimeout' | 'connectionTimeout' | 'maxRequestsPerSocket'>;
+type ServerFactoryOptions = Pick<FastifyServerOptions, 'connectionTimeout' | 'maxRequestsPerSocket'>;
 
 export function buildApp(deps: AppDeps): FastifyInstance {
   const { lookup, tokens, metrics, logger } = deps;
   const pressure = deps.underPressure ?? DEFAULT_UNDER_PRESSURE;
   const retryAfter = String(pressure.retryAfter ?? 10);
+  const limits = new SourceLimits(deps.limits ?? DEFAULT_CLIENT_LIMITS, { clock: deps.clock, metrics, logger });
 
   /**
    * The warm path, before fastify: a plain GET of exactly CREDENTIALS_PATH or CREDENTIALS_PATH + role from a pod
@@ -89,6 +96,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
    * Anything else, or any doubt (closing, under pressure, an error), goes to fastify, which answers it in full.
    */
   let closing = false;
+  const tokenRequired = deps.imdsv2 === 'required';
   const listingTimer = metrics.requestDuration.labels({ handler: 'listing', code: '200' });
   const documentTimer = metrics.requestDuration.labels({ handler: 'credentials', code: '200' });
   const peek = lookup.peek?.bind(lookup);
@@ -103,7 +111,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       const found = peek(ip);
       if (found?.kind !== 'role') return false;
       const token = req.headers[TOKEN_HEADER];
-      if (token !== undefined && tokens.verify(String(token), ip, found.pod.uid) !== 'ok') return false;
+      if (token === undefined ? tokenRequired : tokens.verify(String(token), ip, found.pod.uid) !== 'ok') return false;
       const answer = iam.cached(url, ip, found);
       if (answer === undefined) return false;
       res.writeHead(200, answer.headers as string[]);
@@ -120,15 +128,20 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   let makeServer: (() => http.Server) | undefined;
   const app = Fastify({
     serverFactory: (handler, options: ServerFactoryOptions) => {
-      // As fastify builds its own HTTP/1 server, with the warm path in front of its handler; listenOn's extra
-      // servers are made the same way and share the listener.
+      // As fastify builds its own HTTP/1 server, with the per-source limits and the warm path in front of its
+      // handler; listenOn's extra servers are made the same way and share the listener. Nothing thrown while
+      // answering escapes as an uncaught exception (which would stop the agent): see failed().
       const listener = (req: IncomingMessage, res: ServerResponse) => {
-        if (!warm(req, res)) handler(req, res);
+        try {
+          if (limits.admit(req, res) && !warm(req, res)) handler(req, res);
+        } catch (err) {
+          failed(err, req, res);
+        }
       };
       makeServer = () => {
-        const server = http.createServer(listener);
-        if (options.keepAliveTimeout !== undefined) server.keepAliveTimeout = options.keepAliveTimeout;
-        if (options.requestTimeout !== undefined) server.requestTimeout = options.requestTimeout;
+        // Header size and timeouts from the limits (fastify's keepAliveTimeout and requestTimeout are not used).
+        const server = http.createServer(limits.serverOptions(), listener);
+        limits.attach(server);
         if (options.connectionTimeout !== undefined) server.setTimeout(options.connectionTimeout);
         if (options.maxRequestsPerSocket) server.maxRequestsPerSocket = options.maxRequestsPerSocket;
         return server;
@@ -212,6 +225,40 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     await Promise.all(closed.splice(0));
   });
 
+  /**
+   * Something threw while a request was being answered outside fastify (the warm path after it began to answer, or
+   * fastify's own handler): logged; the client gets a 500 when nothing was sent yet, else its connection is closed
+   * (a response cut short must not pass for a whole one); once the response is complete, nothing more is done.
+   */
+  function failed(err: unknown, req: IncomingMessage, res: ServerResponse): void {
+    logger.error({ err: err instanceof Error ? err.message : String(err), url: req.url?.slice(0, 200), ip: sourceIp(req) }, 'metadata request failed outside fastify');
+    try {
+      if (res.writableEnded) return;
+      if (!res.headersSent) {
+        const body = errorPage(500);
+        res.writeHead(500, ['server', 'EC2ws', 'content-type', 'text/html', 'content-length', String(Buffer.byteLength(body))]);
+        res.end(body);
+        return;
+      }
+    } catch {
+      // fall through: the connection goes
+    }
+    res.destroy();
+  }
+
+  /** Malformed HTTP, headers too large (431) or too slow (408): a terse answer straight on the socket, then close. */
+  function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy(err);
+      return;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    if (status !== 400) limits.refused(status === 431 ? 'header-size' : 'header-timeout', peerAddress(socket.remoteAddress));
+    socket.end(rawErrorResponse(status));
+    // Closed once written, whatever the client does (a half-open socket would let it dribble on).
+    socket.destroySoon();
+  }
+
   const foreignSeen = new OnceSet(1000);
   /** 403 to a source that is no pod of this node: counted, logged at warn once per address and reason. */
   function refuseForeign(request: FastifyRequest, reply: FastifyReply, ip: string, reason: 'unknown' | 'ambiguous'): FastifyReply {
@@ -238,9 +285,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     request.kiamHandler = route.kind;
     const method = request.method;
     if (method !== 'GET' && method !== 'HEAD') return sendError(reply.header('allow', 'GET, HEAD'), 405);
+    const token = request.headers[TOKEN_HEADER];
+    // The real service asks for the token before it looks at the path: every token-less GET gets 401.
+    if (token === undefined && tokenRequired) {
+      logger.debug({ ip, url: request.url.slice(0, 200) }, 'GET without a token refused (--imdsv2 required)');
+      return sendError(reply, 401);
+    }
     if (route.kind === 'refused') return sendError(reply, 404);
 
-    const token = request.headers[TOKEN_HEADER];
     if (token !== undefined) {
       const check = tokens.verify(String(token), ip, found.pod.uid);
       if (check !== 'ok') {
@@ -258,16 +310,6 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     scope.all('*', handle);
   });
   return app;
-}
-
-/** Malformed HTTP: a terse 400 straight on the socket, as the real service answers it. */
-function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-  if (err.code === 'ECONNRESET' || !socket.writable) {
-    socket.destroy(err);
-    return;
-  }
-  const body = errorPage(400);
-  socket.end(`HTTP/1.1 400 Bad Request\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
 /**

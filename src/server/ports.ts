@@ -39,8 +39,8 @@ export interface Credentials {
 
 export interface CredentialProvider {
   /**
-   * Credentials for the identity with at least the serving floor of lifetime left; rejects when none can
-   * be had (STS error, negative cache). Never resolves with credentials below the floor.
+   * Credentials for the identity with at least the serving floor of lifetime left (while STS fails retryably,
+   * down to 5 min before expiry); rejects when none can be had (STS error, negative cache).
    */
   get(identity: RoleIdentity): Promise<Credentials>;
   /**

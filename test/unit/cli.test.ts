@@ -218,7 +218,7 @@ describe('agent', () => {
       {
         hostIp: '10.0.0.7', port: 8282, metricsPort: 9700, kubeconfig: '/etc/kube.conf', iptables: true, hostInterfaces: ['cali+'],
         iptablesBackend: 'legacy', removeRulesOnExit: true, reconcileIntervalMs: 30_000, metadataEndpoint: 'http://127.0.0.1:1234',
-        allow: ['^latest\\/'], deny: ['^latest\\/user-data'], roleBaseArn: 'arn:aws:iam::123456789012:role/', defaultRole: 'reader',
+        allow: ['^latest\\/'], deny: [...DEFAULTS.denyRouteRegexp.map((p) => new RegExp(p).source), '^latest\\/user-data'], roleBaseArn: 'arn:aws:iam::123456789012:role/', defaultRole: 'reader',
         sessionDurationSec: 7200, sessionNameTemplate: '{role}-{pod}', region: 'eu-west-1', stsEndpoint: 'http://127.0.0.1:4566',
         namespaceRestriction: false, podWaitMs: 500, logLevel: 'debug', logFormat: 'pretty',
       },
@@ -243,8 +243,23 @@ describe('agent', () => {
     );
     assert.deepEqual(config.hostInterfaces, ['cali+', 'eni+', '!eth0']);
     assert.deepEqual(config.allowRoutes.map((r) => r.source), ['^a', '^b']);
-    // The given deny list replaces the default one instead of being appended to it.
-    assert.deepEqual(config.denyRoutes.map((r) => r.source), ['^c', '^d']);
+    // The given patterns are added to the default list, never in its place.
+    assert.deepEqual(config.denyRoutes.map((r) => r.source), [...DEFAULTS.denyRouteRegexp.map((p) => new RegExp(p).source), '^c', '^d']);
+  });
+
+  test('--no-default-deny drops the default deny list; --imdsv2 takes optional or required', () => {
+    const bare = agentOf(parseCommandLine(['agent', '--node-name', 'n', '--no-default-deny', '--deny-route-regexp', '^c'], {}));
+    assert.deepEqual(bare.denyRoutes.map((r) => r.source), ['^c']);
+    assert.equal(bare.imdsv2, 'optional');
+    assert.equal(agentOf(parseCommandLine(['agent', '--node-name', 'n', '--imdsv2', 'required'], {})).imdsv2, 'required');
+    const bad = parseCommandLine(['agent', '--node-name', 'n', '--imdsv2', 'v1'], {});
+    assert.equal(bad.kind, 'exit');
+    assert.equal((bad as Extract<Invocation, { kind: 'exit' }>).code, 2);
+  });
+
+  test("the migration guides' advice still means what it said: --deny-route-regexp '.*' blocks every pass-through path", () => {
+    const config = agentOf(parseCommandLine(['agent', '--node-name', 'n', '--deny-route-regexp', '.*'], {}));
+    for (const path of ['latest/meta-data/instance-id', 'latest/user-data', '']) assert.ok(config.denyRoutes.some((r) => r.test(path)), path);
   });
 
   test('repeated parses do not share state', () => {

@@ -66,11 +66,27 @@ describe('buildConfig defaults', () => {
     assert.equal(denied(cfg, 'latest/dynamic/instance-identity/document'), false);
   });
 
-  test('an explicit deny list replaces the default', () => {
+  test('--deny-route-regexp adds to the default list: one added pattern never re-exposes user-data', () => {
     const custom = buildConfig({ nodeName: 'n', denyRouteRegexp: ['^latest/meta-data/hostname$'] }, {});
-    assert.equal(custom.denyRoutes.length, 1);
+    assert.equal(custom.denyRoutes.length, DEFAULTS.denyRouteRegexp.length + 1);
     assert.equal(denied(custom, 'latest/meta-data/hostname'), true);
-    assert.equal(denied(custom, 'latest/user-data'), false);
+    assert.equal(denied(custom, 'latest/user-data'), true);
+    assert.equal(denied(custom, 'latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance'), true);
+    assert.equal(denied(custom, 'latest/meta-data/instance-id'), false);
+  });
+
+  test('--no-default-deny drops the default list, keeping only what is given', () => {
+    const none = buildConfig({ nodeName: 'n', defaultDeny: false }, {});
+    assert.deepEqual(none.denyRoutes, []);
+    const own = buildConfig({ nodeName: 'n', defaultDeny: false, denyRouteRegexp: ['^latest/meta-data/hostname$'] }, {});
+    assert.deepEqual(own.denyRoutes.map((r) => r.source), ['^latest\\/meta-data\\/hostname$']);
+    assert.equal(denied(own, 'latest/user-data'), false);
+  });
+
+  test('--imdsv2: optional by default, required when asked, nothing else', () => {
+    assert.equal(cfg.imdsv2, 'optional');
+    assert.equal(buildConfig({ nodeName: 'n', imdsv2: 'required' }, {}).imdsv2, 'required');
+    assert.deepEqual(problemsOf({ nodeName: 'n', imdsv2: 'v2' }), ['--imdsv2: "v2" is not one of optional, required']);
   });
 
   test('the defaults the command line passes in produce the same config', () => {
@@ -203,6 +219,21 @@ describe('buildConfig validation', () => {
     assert.equal(problems.length, 2, problems.join('\n'));
     assert.ok(problems.some((p) => p.includes('--allow-route-regexp') && p.includes('(unclosed')));
     assert.ok(problems.some((p) => p.includes('--deny-route-regexp') && p.includes('[z-a]')));
+  });
+
+  test('route patterns run on the linear-time engine: what it cannot run is refused, naming the flag', () => {
+    // First what only the linear engine refuses (so that, on a backtracking engine, this test fails instead of hanging).
+    const problems = problemsOf({ nodeName: 'n', allowRouteRegexp: ['^(a)\\1'], whitelistRouteRegexp: ['^/(?=latest)'], denyRouteRegexp: ['(?!x)'] });
+    assert.equal(problems.length, 3, problems.join('\n'));
+    for (const flag of ['--allow-route-regexp', '--whitelist-route-regexp', '--deny-route-regexp']) {
+      assert.ok(problems.some((p) => p.startsWith(`${flag}:`) && p.includes('the linear-time engine cannot run it')), flag);
+    }
+    // A catastrophic pattern in each list, over a long path a pod chose, still answers.
+    const cfg = buildConfig({ nodeName: 'n', allowRouteRegexp: ['^latest/(a+)+$'], whitelistRouteRegexp: ['^/latest/(a|a)*$'], denyRouteRegexp: ['^latest/(a+)+$'] }, {});
+    const path = `latest/${'a'.repeat(50_000)}!`;
+    assert.equal(denied(cfg, path), false);
+    assert.equal(cfg.allowRoutes.some((r) => r.test(path)), false);
+    assert.equal(cfg.allowRoutes.some((r) => r.test(`latest/${'a'.repeat(50_000)}`)), true);
   });
 
   test('good regular expressions are compiled', () => {

@@ -175,10 +175,16 @@ class FakeHttp implements HttpPort {
 const IMDS = 'http://169.254.169.254';
 const STATE_URL = 'http://127.0.0.1:9620/debug/state';
 
-function imdsV2Routes(): Record<string, Route> {
+/** A metadata service with IMDSv2; tokens 'required' (HttpTokens=required: a token-less GET → 401) or 'optional'. */
+function imdsV2Routes(tokens: 'optional' | 'required' = 'optional'): Record<string, Route> {
+  const meta = { status: 200, body: 'ami-id\ninstance-id\n' };
   return {
     [`PUT ${IMDS}/latest/api/token`]: (init) => (init.headers?.['x-aws-ec2-metadata-token-ttl-seconds'] ? { status: 200, body: 'TOKEN' } : { status: 400, body: '' }),
-    [`GET ${IMDS}/latest/meta-data/`]: (init) => (init.headers?.['x-aws-ec2-metadata-token'] === 'TOKEN' ? { status: 200, body: 'ami-id\ninstance-id\n' } : { status: 401, body: '' }),
+    [`GET ${IMDS}/latest/meta-data/`]: (init) => {
+      const token = init.headers?.['x-aws-ec2-metadata-token'];
+      if (token === undefined) return tokens === 'required' ? { status: 401, body: '' } : meta;
+      return token === 'TOKEN' ? meta : { status: 401, body: '' };
+    },
   };
 }
 
@@ -795,8 +801,23 @@ describe('metadata endpoint', () => {
     const http = new FakeHttp(imdsV2Routes());
     const rows = await checkMetadata(http, IMDS, 1000);
     assert.equal(rows[0]!.status, 'ok');
-    assert.match(rows[0]!.detail, /IMDSv2/);
-    assert.deepEqual(http.seen.map((s) => s.method), ['PUT', 'GET']);
+    assert.match(rows[0]!.detail, /IMDSv2 token, 2 meta-data entries, tokens optional/);
+    assert.deepEqual(http.seen.map((s) => `${s.method} ${s.headers['x-aws-ec2-metadata-token'] ?? '-'}`), ['PUT -', 'GET TOKEN', 'GET -']);
+  });
+
+  it('WARN when the node requires IMDSv2 tokens and the agent does not (--imdsv2 optional, or an agent older than the flag)', async () => {
+    for (const agentMode of ['optional']) {
+      const rows = await checkMetadata(new FakeHttp(imdsV2Routes('required')), IMDS, 1000, agentMode);
+      assert.deepEqual(rows.map((r) => [r.id, r.status]), [['metadata', 'ok'], ['metadata.imdsv2', 'warn']]);
+      assert.match(rows[0]!.detail, /tokens required/);
+      assert.match(rows[1]!.detail, /requires IMDSv2 tokens \(HttpTokens=required\), but the agent answers pods' GETs without one \(--imdsv2 optional\)/);
+      assert.match(rows[1]!.fix!, /--imdsv2 required/);
+    }
+    // Both required, the node optional, or no agent to compare with: nothing to say.
+    for (const [tokens, agentMode] of [['required', 'required'], ['optional', 'optional'], ['optional', 'required'], ['required', undefined]] as const) {
+      const rows = await checkMetadata(new FakeHttp(imdsV2Routes(tokens)), IMDS, 1000, agentMode);
+      assert.deepEqual(rows.map((r) => [r.id, r.status]), [['metadata', 'ok']], `${tokens} ${agentMode}`);
+    }
   });
 
   it('WARN when only IMDSv1 answers (the hop limit), with the fix', async () => {
@@ -806,7 +827,8 @@ describe('metadata endpoint', () => {
     });
     const rows = await checkMetadata(http, IMDS, 1000);
     assert.equal(rows[0]!.status, 'warn');
-    assert.match(rows[0]!.fix!, /HttpPutResponseHopLimit/);
+    assert.match(rows[0]!.fix!, /HttpPutResponseHopLimit 2, so run doctor in the agent pod/);
+    assert.match(rows[0]!.fix!, /where 1 is enough and is what pods should have/);
   });
 
   it('FAIL when unreachable or refusing', async () => {
@@ -936,6 +958,16 @@ describe('runDoctor', () => {
       ...over,
     } as DoctorPorts & { runner: ScriptedRunner };
   }
+
+  it('WARN (exit 0) when the running agent answers token-less GETs on a node that requires tokens', async () => {
+    const state = agentState();
+    const body = JSON.stringify(state, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
+    const p = ports({ http: new FakeHttp({ ...imdsV2Routes('required'), [`GET ${STATE_URL}`]: () => ({ status: 200, body }) }) });
+    const report = await runDoctor(OPTIONS, p);
+    p.runner.assertDone();
+    assert.deepEqual(report.checks.filter((r) => r.status !== 'ok').map((r) => r.id), ['metadata.imdsv2']);
+    assert.equal(exitCode(report), 0);
+  });
 
   it('all OK with --intercept iptables: exit 0, every check reported once, the JSON carries the agent view', async () => {
     const p = ports();
@@ -1142,7 +1174,7 @@ describe('debug state', () => {
     const [good, failed] = state.identities!;
     assert.deepEqual(
       { roleArn: good!.roleArn, externalId: good!.externalId, users: good!.users, accessKeyId: good!.accessKeyId, expiration: good!.expiration, servableUntil: good!.servableUntil, refreshAt: good!.refreshAt, lastError: good!.lastError },
-      { roleArn: `${BASE}app`, externalId: true, users: 1, accessKeyId: 'ASIATEST1', expiration: '2026-11-28T08:00:00.000Z', servableUntil: '2026-11-28T07:30:00.000Z', refreshAt: '2026-11-28T07:25:00.000Z', lastError: null },
+      { roleArn: `${BASE}app`, externalId: true, users: 1, accessKeyId: 'ASIATEST1', expiration: '2026-11-28T08:00:00.000Z', servableUntil: '2026-11-28T07:30:00.000Z', refreshAt: '2026-11-28T07:12:00.000Z', lastError: null },
     );
     assert.equal(failed!.accessKeyId, null);
     assert.equal(failed!.lastError?.code, 'AccessDenied');

@@ -8,7 +8,9 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -128,5 +130,47 @@ describe('kiam entry point (child process)', () => {
     const failedAt = Date.parse(String(fatal[0]!.time));
     assert.ok(Number.isFinite(failedAt), JSON.stringify(fatal[0]));
     assert.ok(run.exitedAt - failedAt < 5_000, `exited ${run.exitedAt - failedAt} ms after the fatal log`);
+  });
+});
+
+describe('kiam agent: SIGTERM during start-up (child process)', () => {
+  test('while the watches sync: no later step runs, never ready, exit 0', { skip: skipIsolated }, async () => {
+    // An API server that cannot be reached (the child's network namespace has only a loopback, down): the watches
+    // never sync, so start-up sits in that step until the signal.
+    const dir = mkdtempSync(join(tmpdir(), 'kiam-main-cli-'));
+    const kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfig, [
+      'apiVersion: v1', 'kind: Config', 'current-context: c',
+      'clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]',
+      'users: [{name: u, user: {token: t}}]',
+      'contexts: [{name: c, context: {cluster: c, user: u}}]', '',
+    ].join('\n'));
+    try {
+      const node = [process.execPath, '--import', 'tsx', 'src/main.ts', 'agent', '--node-name', 'n', '--kubeconfig', kubeconfig, '--metadata-endpoint', 'http://127.0.0.1:9', '--region', 'eu-west-1'];
+      const [file, ...argv] = [...ISOLATE!, ...node];
+      const child = spawn(file!, argv, { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+      const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_TIMEOUT_MS);
+      await new Promise<void>((resolve, reject) => {
+        child.stdout.setEncoding('utf8').on('data', (d: string) => {
+          stdout += d;
+          if (jsonLines(stdout).some((l) => l.msg === 'waiting for the pod and namespace watches to sync')) resolve();
+        });
+        void exited.then(() => reject(new Error(`exited before the watch step\nstdout: ${stdout}\nstderr: ${stderr}`)));
+      });
+      child.kill('SIGTERM');
+      const exit = await exited;
+      clearTimeout(timer);
+      assert.deepEqual(exit, { code: 0, signal: null }, `stdout: ${stdout}\nstderr: ${stderr}`);
+      const msgs = jsonLines(stdout).map((l) => l.msg);
+      assert.ok(msgs.includes('start-up stopped'), msgs.join(' | '));
+      for (const later of ['watches synced', 'metadata server listening', 'ready']) assert.ok(!msgs.includes(later), `"${later}" after SIGTERM: ${msgs.join(' | ')}`);
+      assert.deepEqual(jsonLines(stdout).filter((l) => Number(l.level) >= 50), [], 'no error: every stop hook finished');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -101,7 +101,9 @@ afterEach(async () => {
   while (open.length) await open.pop()?.();
 });
 
-async function setup(options: { allow?: RegExp[]; deny?: RegExp[]; underPressure?: UnderPressureSettings; upstreamTimeoutMs?: number } = {}): Promise<Fixture> {
+async function setup(
+  options: { allow?: RegExp[]; deny?: RegExp[]; underPressure?: UnderPressureSettings; upstreamTimeoutMs?: number; imdsv2?: 'optional' | 'required' } = {},
+): Promise<Fixture> {
   const clock = new FakeClock();
   const lookup = new FakeLookup();
   const credentials = new FakeCredentials(clock);
@@ -139,6 +141,7 @@ async function setup(options: { allow?: RegExp[]; deny?: RegExp[]; underPressure
     allowRoutes: options.allow ?? [],
     denyRoutes: options.deny ?? DEFAULT_DENY,
     ...(options.underPressure ? { underPressure: options.underPressure } : {}),
+    ...(options.imdsv2 ? { imdsv2: options.imdsv2 } : {}),
   });
   open.push(async () => {
     await app.close();
@@ -509,10 +512,8 @@ describe('path spellings', () => {
     ['/latest/meta-data/iam;x=1/security-credentials/', 404],
     ['/latest/meta-data/iam./security-credentials/', 404],
     ['/latest/meta-data/iam%20/security-credentials/', 404],
-    ['/latest/meta-data/x-iam/', 404],
+    ['/latest/meta-data/i-a-m/security-credentials/', 404],
     ['/foo/meta-data/iam/security-credentials/', 404],
-    ['/latest/dynamic/iam/security-credentials/', 404],
-    ['/latest/meta-data/placement/iam/', 404],
     ['/latest/api/iam', 404],
     ['/latest/api/token/extra', 404],
     ['/api/token', 404],
@@ -795,6 +796,101 @@ describe('operations on the metadata app', () => {
       payload: '{not json',
     });
     assert.equal(res.statusCode, 200);
+  });
+});
+
+describe('paths that merely contain iam', () => {
+  it('proxies a path with iam inside a segment (an instance tag named William) like any other', async () => {
+    const { app, fake } = await setup();
+    for (const path of ['/latest/meta-data/tags/instance/William', '/latest/meta-data/tags/instance/iam', '/latest/dynamic/iam']) {
+      const res = await get(app, path, IP_A);
+      assertTerse(res, 404); // the upstream's own answer: the fake has no tags
+      assert.equal(fake.seen(path).filter((r) => r.method === 'GET').length, 1, path);
+    }
+    // meta-data/iam itself stays ours.
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_A)).body, 'app-a');
+    assert.equal(fake.seen('/latest/meta-data/iam/security-credentials/').length, 0);
+  });
+});
+
+describe('--imdsv2 required', () => {
+  const everyKind = [
+    '/latest/meta-data/iam/security-credentials/',
+    '/latest/meta-data/iam/security-credentials/app-a',
+    '/latest/meta-data/iam/info',
+    '/latest/meta-data/instance-id',
+    '/latest/meta-data/tags/instance/William',
+    '/latest/user-data',
+    '/latest/meta-data/iam./',
+    '/',
+  ];
+
+  it("answers every GET and HEAD without a token with the real service's 401, and asks nobody", async () => {
+    const { app, fake, credentials, metrics } = await setup({ imdsv2: 'required' });
+    for (const url of everyKind) {
+      const res = await get(app, url, IP_A);
+      assertTerse(res, 401);
+      // As captured from an instance with HttpTokens=required (DataDog/datadog-agent#4857): the 401 page, text/html, 343 bytes.
+      assert.equal(res.headers['content-length'], '343', url);
+      const head = await app.inject({ method: 'HEAD', url, remoteAddress: IP_A });
+      assert.equal(head.statusCode, 401, `HEAD ${url}`);
+    }
+    assert.deepEqual(fake.requests, []);
+    assert.equal(credentials.calls, 0);
+    assert.match(await metrics.registry.metrics(), /kiam_metadata_request_duration_seconds_count\{handler="iam",code="401"\} \d+/);
+  });
+
+  it('serves everything as before with a token, which the PUT hands out without one', async () => {
+    const { app, fake } = await setup({ imdsv2: 'required' });
+    fake.tokenMode = 'required';
+    const token = await putToken(app, IP_A);
+    const headers = { 'x-aws-ec2-metadata-token': token };
+    assert.equal((await get(app, '/latest/meta-data/iam/security-credentials/', IP_A, headers)).body, 'app-a');
+    assert.equal(JSON.parse((await get(app, '/latest/meta-data/iam/security-credentials/app-a', IP_A, headers)).body).AccessKeyId, 'ASIAPODAAAAAAAAAAAAA');
+    // Pass-through goes upstream with the agent's own token, never without one.
+    assert.equal((await get(app, '/latest/meta-data/instance-id', IP_A, headers)).body, 'i-0123456789abcdef0');
+    const upstreamGets = fake.requests.filter((r) => r.method === 'GET');
+    assert.equal(upstreamGets.length, 1);
+    assert.equal(typeof upstreamGets[0]!.headers['x-aws-ec2-metadata-token'], 'string');
+    assertTerse(await get(app, '/latest/meta-data/iam/security-credentials/', IP_B, headers), 401);
+  });
+
+  it('still refuses sources that are no pod of this node first (403), as in optional mode', async () => {
+    const { app } = await setup({ imdsv2: 'required' });
+    assertTerse(await get(app, '/latest/meta-data/instance-id', IP_UNKNOWN), 403);
+    assertTerse(await get(app, '/latest/meta-data/instance-id', IP_AMBIGUOUS), 403);
+  });
+
+  it('the warm path (before fastify) holds it too: a token-less GET over a socket gets 401', async () => {
+    const clock = new FakeClock();
+    const ip = '127.0.0.1';
+    const found: Lookup = { kind: 'role', pod: pod('uid-warm', ip, 'team-a', 'app-a-warm'), identity: ROLE_A };
+    const creds: Credentials = { accessKeyId: 'ASIAWARMAAAAAAAAAAAA', secretAccessKey: 's', sessionToken: 't', expiration: clock.now() + 3600_000, lastUpdated: clock.now() };
+    const app = buildApp({
+      lookup: { lookup: async () => found, peek: () => found },
+      credentials: { get: async () => creds, peek: () => creds },
+      upstream: { request: async () => { throw new Error('no upstream here'); }, getText: async () => '', getJson: async () => ({}), close: () => {} } as unknown as UpstreamClient,
+      tokens: createTokenService({ clock }),
+      metrics: createMetrics(),
+      logger: pino({ level: 'silent' }),
+      clock,
+      allowRoutes: [],
+      denyRoutes: [],
+      imdsv2: 'required',
+    });
+    await app.listen({ host: ip, port: 0 });
+    open.push(() => app.close());
+    const base = `http://${ip}:${(app.server.address() as net.AddressInfo).port}`;
+    for (const path of ['/latest/meta-data/iam/security-credentials/', '/latest/meta-data/iam/security-credentials/app-a']) {
+      const bare = await fetch(`${base}${path}`);
+      assert.equal(bare.status, 401, path);
+      assert.match(await bare.text(), /<title>401 - Unauthorized<\/title>/);
+    }
+    const put = await fetch(`${base}/latest/api/token`, { method: 'PUT', headers: { 'x-aws-ec2-metadata-token-ttl-seconds': '60' } });
+    const token = await put.text();
+    const listing = await fetch(`${base}/latest/meta-data/iam/security-credentials/`, { headers: { 'x-aws-ec2-metadata-token': token } });
+    assert.equal(listing.status, 200);
+    assert.equal(await listing.text(), 'app-a');
   });
 });
 
