@@ -52,6 +52,19 @@ async function value(counter: Counter<string>, labels: Record<string, string> = 
   return values.filter((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val)).reduce((s, v) => s + v.value, 0);
 }
 
+/** A Resolver over the fakes, logging (parsed) into logs, with the namespace restriction and the base ARN. */
+function newResolver(pods: FakePods, namespaces: FakeNamespaces, clock: FakeClock, metrics: Metrics, logs: Array<Record<string, unknown>>): Resolver {
+  const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
+  return new Resolver({
+    pods,
+    namespaces,
+    policy: new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a' }),
+    clock,
+    metrics,
+    logger,
+  });
+}
+
 describe('Resolver', () => {
   let clock: FakeClock;
   let pods: FakePods;
@@ -66,15 +79,7 @@ describe('Resolver', () => {
     namespaces = new FakeNamespaces();
     metrics = createMetrics();
     logs = [];
-    const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
-    resolver = new Resolver({
-      pods,
-      namespaces,
-      policy: new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a' }),
-      clock,
-      metrics,
-      logger,
-    });
+    resolver = newResolver(pods, namespaces, clock, metrics, logs);
     resolver.start();
     namespaces.events!.upsert({ name: 'dev', annotations: PERMIT_ALL });
   });
@@ -388,15 +393,7 @@ describe('Resolver: freshness of the pod index, confirmations, static stability'
     namespaces = new FakeNamespaces();
     metrics = createMetrics();
     logs = [];
-    const logger = pino({ level: 'debug' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
-    resolver = new Resolver({
-      pods,
-      namespaces,
-      policy: new Policy({ roleBaseArn: BASE, namespaceRestriction: true, sessionNameTemplate: '{namespace}.{pod}', nodeName: 'node-a' }),
-      clock,
-      metrics,
-      logger,
-    });
+    resolver = newResolver(pods, namespaces, clock, metrics, logs);
     resolver.start();
     namespaces.events!.upsert({ name: 'dev', annotations: PERMIT_ALL });
     namespaces.events!.synced();

@@ -23,6 +23,7 @@ import { errorPage } from '../../src/server/routes/respond.ts';
 import { createTokenService } from '../../src/server/tokens.ts';
 import type { UpstreamClient } from '../../src/server/upstream.ts';
 import { FakeClock } from '../fakes/clock.ts';
+import { observed, request, type Answer } from './http-support.ts';
 
 const IP = '127.0.0.1';
 const OTHER_IP = '127.0.0.2';
@@ -97,23 +98,8 @@ async function setup(limits: Partial<ClientLimits>, opts: { hosts?: string[]; me
   return { app, port: (app.server.address() as AddressInfo).port, clock, lookup, metrics, logs };
 }
 
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
 function get(port: number, path: string, opts: { from?: string; headers?: Record<string, string>; agent?: http.Agent } = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: IP, port, path, headers: opts.headers ?? {}, agent: opts.agent ?? false, ...(opts.from ? { localAddress: opts.from } : {}) }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
+  return request(IP, port, path, opts);
 }
 
 /** A raw connection: what the server sent until it closed, and when it did. */
@@ -134,11 +120,6 @@ function connect(port: number, host = IP): Promise<{ socket: Socket; received: (
 async function count(metrics: Metrics, reason: string): Promise<number> {
   const { values } = await metrics.clientLimits.get();
   return values.find((v) => v.labels.reason === reason)?.value ?? 0;
-}
-
-async function observed(metrics: Metrics, handler: string, code: string): Promise<number> {
-  const { values } = await metrics.requestDuration.get();
-  return values.find((v) => v.metricName === 'kiam_metadata_request_duration_seconds_count' && v.labels.handler === handler && v.labels.code === code)?.value ?? 0;
 }
 
 describe('per-source request rate', () => {

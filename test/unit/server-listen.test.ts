@@ -15,6 +15,7 @@ import type { CredentialProvider, Credentials, IdentityLookup, Lookup, RoleIdent
 import { createTokenService } from '../../src/server/tokens.ts';
 import type { UpstreamClient } from '../../src/server/upstream.ts';
 import { FakeClock } from '../fakes/clock.ts';
+import { own, request } from './http-support.ts';
 
 /** ::1 on this machine's loopback; under CI its absence is a failure, elsewhere a skip. */
 async function hasIpv6Loopback(): Promise<boolean> {
@@ -80,32 +81,6 @@ const opened: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   while (opened.length) await opened.pop()?.();
 });
-
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
-function request(host: string, port: number, path: string, options: { method?: string; headers?: Record<string, string>; agent?: http.Agent | false } = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host, port, path, method: options.method ?? 'GET', headers: options.headers ?? {}, agent: options.agent ?? false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** The headers a client sees, without the ones node adds by itself. */
-function own(headers: http.IncomingHttpHeaders): Record<string, unknown> {
-  const { date: _d, connection: _c, 'keep-alive': _k, ...rest } = headers;
-  return rest;
-}
 
 /** Raw bytes to host:port; resolves with everything the server sent before closing. */
 function raw(host: string, port: number, bytes: string): Promise<string> {

@@ -16,6 +16,7 @@ import type { CredentialProvider, Credentials, IdentityLookup, Lookup, RoleIdent
 import { createTokenService, type TokenService } from '../../src/server/tokens.ts';
 import type { UpstreamClient } from '../../src/server/upstream.ts';
 import { FakeClock } from '../fakes/clock.ts';
+import { observed, own, request, type Answer } from './http-support.ts';
 
 // The client connects from 127.0.0.1: that is the pod's IP here.
 const IP = '127.0.0.1';
@@ -108,34 +109,8 @@ async function setup(underPressure?: UnderPressureSettings): Promise<Fixture> {
   return { app, port: (app.server.address() as AddressInfo).port, lookup, creds, metrics, tokens, logs };
 }
 
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
-
 function get(port: number, path: string, headers: Record<string, string> = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: IP, port, path, headers, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-  });
-}
-
-/** The headers a client sees, without the ones node adds by itself. */
-function own(headers: http.IncomingHttpHeaders | Record<string, unknown>): Record<string, unknown> {
-  const { date: _d, connection: _c, 'keep-alive': _k, ...rest } = headers as Record<string, unknown>;
-  return rest;
-}
-
-async function observed(metrics: Metrics, handler: string, code: string): Promise<number> {
-  const { values } = await metrics.requestDuration.get();
-  return values.find((v) => v.metricName === 'kiam_metadata_request_duration_seconds_count' && v.labels.handler === handler && v.labels.code === code)?.value ?? 0;
+  return request(IP, port, path, { headers });
 }
 
 describe('warm path', () => {
