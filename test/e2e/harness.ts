@@ -41,6 +41,8 @@ export interface StsCall {
   externalId?: string;
   result: string;
   accessKeyId?: string;
+  /** Epoch ms when the fake received it. */
+  time: number;
 }
 
 /**
