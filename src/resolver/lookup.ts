@@ -302,22 +302,10 @@ export class Resolver {
     try {
       if (!this.isFresh()) {
         const confirmed = this.fromConfirmation(ip);
-        if (confirmed) return this.account(confirmed);
-        let confirming = this.confirming.get(ip);
-        if (!confirming) {
-          confirming = this.confirm(ip).finally(() => this.confirming.delete(ip));
-          this.confirming.set(ip, confirming);
-        }
-        return this.account(await confirming);
+        return this.account(confirmed ?? (await shared(this.confirming, ip, () => this.confirm(ip))));
       }
       const fast = this.fromIndex(ip);
-      if (fast) return this.account(fast);
-      let pending = this.inflight.get(ip);
-      if (!pending) {
-        pending = this.slowLookup(ip).finally(() => this.inflight.delete(ip));
-        this.inflight.set(ip, pending);
-      }
-      return this.account(await pending);
+      return this.account(fast ?? (await shared(this.inflight, ip, () => this.slowLookup(ip))));
     } catch (err) {
       this.opts.logger.error({ err, ip }, 'pod lookup failed');
       this.opts.metrics.unknownIps.inc();
@@ -558,4 +546,14 @@ function sameRecord(a: Readonly<Record<string, string>>, b: Readonly<Record<stri
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** The call in flight for key, or a new one from start(): concurrent requests from one IP share one look-up. */
+function shared<T>(inflight: Map<string, Promise<T>>, key: string, start: () => Promise<T>): Promise<T> {
+  let pending = inflight.get(key);
+  if (!pending) {
+    pending = start().finally(() => inflight.delete(key));
+    inflight.set(key, pending);
+  }
+  return pending;
 }
