@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { OnceSet, errorPage } from './routes/respond.ts';
+import { OnceSet, errorPage, reasonPhrase } from './routes/respond.ts';
 
 /**
  * Fairness between pods: one pod must not be able to starve the others of the agent. Per source IP (the socket's
@@ -56,15 +56,8 @@ export function peerAddress(addr: string | undefined): string {
 /** A whole error response written straight to a socket (no parser involved), terse as the real service's. */
 export function rawErrorResponse(status: number, extraHeaders = ''): string {
   const body = errorPage(status);
-  return `HTTP/1.1 ${status} ${REASON_PHRASES[status] ?? 'Error'}\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`;
+  return `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`;
 }
-
-const REASON_PHRASES: Record<number, string> = {
-  400: 'Bad Request',
-  408: 'Request Timeout',
-  429: 'Too Many Requests',
-  431: 'Request Header Fields Too Large',
-};
 
 interface Source {
   readonly ip: string;

@@ -4,7 +4,7 @@ import type { FastifyReply } from 'fastify';
  * Responses shaped like the real metadata service: `text/plain` for every document (JSON included) and a
  * small `text/html` page for errors whose body says nothing but the status. Reasons go to the logs only.
  */
-const REASONS: Record<number, string> = {
+const REASONS: Readonly<Record<number, string>> = {
   400: 'Bad Request',
   401: 'Unauthorized',
   403: 'Forbidden',
@@ -19,13 +19,18 @@ const REASONS: Record<number, string> = {
   504: 'Gateway Timeout',
 };
 
+/** The reason phrase of a status code this server sends (RFC 9110 §15), `Error` for any other. */
+export function reasonPhrase(status: number): string {
+  return REASONS[status] ?? 'Error';
+}
+
 const pages = new Map<number, string>();
 
 /** The error page real IMDS sends, for a status code. */
 export function errorPage(status: number): string {
   let page = pages.get(status);
   if (page === undefined) {
-    const title = `${status} - ${REASONS[status] ?? 'Error'}`;
+    const title = `${status} - ${reasonPhrase(status)}`;
     page =
       '<?xml version="1.0" encoding="iso-8859-1"?>\n' +
       '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"\n' +
