@@ -59,6 +59,20 @@ export function rawErrorResponse(status: number, extraHeaders = ''): string {
   return `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`;
 }
 
+/**
+ * A counted connection's source, kept on the socket itself rather than in a WeakMap: a WeakMap entry per
+ * connection is an ephemeron the garbage collector must trace, which measured ~10k instructions per new connection
+ * (bench/connection-cost.ts under callgrind; BENCHMARKS.md, issue 9).
+ */
+const SOURCE = Symbol('kiam.source');
+type CountedSocket = Socket & { [SOURCE]?: Source };
+
+/** The 'close' listener of every counted socket: one function for all of them, no closure per connection. */
+function release(this: CountedSocket): void {
+  const source = this[SOURCE];
+  if (source !== undefined) source.connections--;
+}
+
 interface Source {
   readonly ip: string;
   connections: number;
@@ -75,7 +89,6 @@ export interface SourceLimitsDeps {
 
 export class SourceLimits {
   private readonly sources = new Map<string, Source>();
-  private readonly bySocket = new WeakMap<Socket, Source>();
   private readonly warned = new OnceSet(1000);
   private readonly burst: number;
   private readonly tooManyConnections = rawErrorResponse(429, 'Retry-After: 1\r\n');
@@ -138,7 +151,7 @@ export class SourceLimits {
   admit(req: IncomingMessage, res: ServerResponse): boolean {
     const rate = this.limits.maxRequestsPerSecond;
     if (rate === 0) return true;
-    const source = this.bySocket.get(req.socket);
+    const source = (req.socket as CountedSocket)[SOURCE];
     if (source === undefined) return true;
     const now = this.deps.clock.now();
     const tokens = Math.min(this.burst, source.tokens + (Math.max(0, now - source.at) * rate) / 1000);
@@ -188,11 +201,8 @@ export class SourceLimits {
       return false;
     }
     source.connections++;
-    this.bySocket.set(socket, source);
-    const counted = source;
-    socket.once('close', () => {
-      counted.connections--;
-    });
+    (socket as CountedSocket)[SOURCE] = source;
+    socket.on('close', release);
     return true;
   }
 
