@@ -1,7 +1,8 @@
 /**
  * Just enough of Kubernetes' protobuf encoding for the fake API server to accept what kubectl's typed
- * clients send (`kubectl create namespace`, `kubectl run`): the `k8s\0` envelope (runtime.Unknown) holding a
- * v1 Namespace or Pod, decoded to the JSON shape. Fields we do not know are skipped.
+ * clients send (`kubectl create namespace|serviceaccount|secret`, `kubectl run`): the `k8s\0` envelope
+ * (runtime.Unknown) holding a v1 Namespace, Pod, ServiceAccount (metadata only) or Secret (data, stringData, type),
+ * decoded to the JSON shape. Fields we do not know are skipped.
  * Field numbers from k8s.io/api/core/v1/generated.proto and apimachinery's meta/v1 and runtime protos.
  */
 
@@ -67,6 +68,17 @@ function stringMap(list: Field[]): Record<string, string> {
   return out;
 }
 
+/** One entry of a protobuf map field: [key, value bytes]. */
+function mapEntry(buf: Buffer): [string, Buffer] {
+  let k = '';
+  let v: Buffer = Buffer.alloc(0);
+  for (const e of fields(buf)) {
+    if (e.no === 1 && e.wire === 2) k = str(e);
+    else if (e.no === 2 && e.wire === 2) v = bytes(e);
+  }
+  return [k, v];
+}
+
 function objectMeta(buf: Buffer): Obj {
   const meta: Obj = {};
   const labels: Field[] = [];
@@ -117,7 +129,7 @@ function podStatus(buf: Buffer): Obj {
   return status;
 }
 
-/** Decode a `k8s\0`-enveloped v1 Pod or Namespace to its JSON shape; throws on anything else. */
+/** Decode a `k8s\0`-enveloped v1 Pod, Namespace, ServiceAccount or Secret to its JSON shape; throws on anything else. */
 export function decodeKubeProtobuf(body: Buffer): Obj {
   if (body.length < 4 || !body.subarray(0, 4).equals(MAGIC)) throw new Error('not a Kubernetes protobuf message');
   let apiVersion = '';
@@ -138,7 +150,10 @@ export function decodeKubeProtobuf(body: Buffer): Obj {
     if (f.no === 1) obj.metadata = objectMeta(bytes(f));
     else if (kind === 'Pod' && f.no === 2) obj.spec = podSpec(bytes(f));
     else if (kind === 'Pod' && f.no === 3) obj.status = podStatus(bytes(f));
+    else if (kind === 'Secret' && f.no === 2) (obj.data ??= {} as Obj)[mapEntry(bytes(f))[0]] = mapEntry(bytes(f))[1].toString('base64');
+    else if (kind === 'Secret' && f.no === 3) obj.type = str(f);
+    else if (kind === 'Secret' && f.no === 4) (obj.stringData ??= {} as Obj)[mapEntry(bytes(f))[0]] = mapEntry(bytes(f))[1].toString('utf8');
   }
-  if (kind !== 'Pod' && kind !== 'Namespace') throw new Error(`protobuf decoding of ${apiVersion}/${kind} is not supported`);
+  if (kind !== 'Pod' && kind !== 'Namespace' && kind !== 'ServiceAccount' && kind !== 'Secret') throw new Error(`protobuf decoding of ${apiVersion}/${kind} is not supported`);
   return obj;
 }
