@@ -23,6 +23,7 @@ import { systemClock, type Clock, type Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import type { NamespaceSource, PodSource, SourceEvents, SyncState } from './lookup.ts';
 import { canonicalIp, EXTERNAL_ID_ANNOTATION, isLive, ROLE_ANNOTATION, toPodInfo, type PodInfo } from './pod-index.ts';
+import type { ServiceAccountFetch } from './service-accounts.ts';
 import type { NamespaceInfo } from './types.ts';
 
 /** Load a kubeconfig file, or the in-cluster service account when path is undefined. Throws a clear error. */
@@ -584,6 +585,22 @@ export class KubePodSource implements PodSource {
     return all.filter((p) => p.ips.includes(ip));
   }
 
+  /**
+   * One GET of namespace/name (any node, any phase), within timeoutMs: the pod and the node it is bound to
+   * ('' while unscheduled), or undefined when there is no such pod (404). Rejects as listByIp.
+   */
+  async getPod(namespace: string, name: string, timeoutMs: number): Promise<{ pod: PodInfo; nodeName: string } | undefined> {
+    let raw: Raw;
+    try {
+      raw = (await kubeGetJson(this.options.kubeConfig, `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`, AbortSignal.timeout(Math.max(1, timeoutMs)))) as Raw;
+    } catch (err) {
+      if (err instanceof KubeHttpError && err.statusCode === 404) return undefined;
+      throw err;
+    }
+    if (!raw || typeof raw !== 'object' || !raw.metadata) throw new Error(`GET pod ${namespace}/${name}: not a pod`);
+    return { pod: toPodInfo(slimPod(raw)), nodeName: typeof raw.spec?.nodeName === 'string' ? raw.spec.nodeName : '' };
+  }
+
   private sharedNodeList(signal: AbortSignal): Promise<PodInfo[]> {
     const now = this.clock.now();
     const last = this.nodeList;
@@ -628,6 +645,24 @@ export class KubeNamespaceSource implements NamespaceSource {
   syncState(): SyncState {
     return this.reflector.state;
   }
+}
+
+/**
+ * GET namespaces/NS/serviceaccounts/NAME for ServiceAccountRoles (src/resolver/service-accounts.ts): undefined on
+ * 404, only the iam.amazonaws.com/* annotations kept.
+ */
+export function kubeServiceAccountFetch(kubeConfig: KubeConfig): ServiceAccountFetch {
+  return async (namespace, name, signal) => {
+    let raw: Raw;
+    try {
+      raw = (await kubeGetJson(kubeConfig, `/api/v1/namespaces/${encodeURIComponent(namespace)}/serviceaccounts/${encodeURIComponent(name)}`, signal)) as Raw;
+    } catch (err) {
+      if (err instanceof KubeHttpError && err.statusCode === 404) return undefined;
+      throw err;
+    }
+    const annotations = pick(raw?.metadata?.annotations, nsAnnotation);
+    return { metadata: annotations ? { annotations } : {} };
+  };
 }
 
 export function createKubeSources(options: KubeSourceOptions): { pods: KubePodSource; namespaces: KubeNamespaceSource } {

@@ -47,6 +47,11 @@ export interface PodSource {
   listByIp(ip: string, timeoutMs: number): Promise<PodInfo[]>;
   /** All of this node's pods by one LIST, shared between callers (rejects as listByIp). Optional. */
   listNode?(timeoutMs: number): Promise<PodInfo[]>;
+  /**
+   * One GET of the pod namespace/name, any node and phase: it and the node it is bound to, undefined when there is
+   * no such pod (rejects as listByIp). Optional: without it findPod() answers from the index and listNode only.
+   */
+  getPod?(namespace: string, name: string, timeoutMs: number): Promise<{ pod: PodInfo; nodeName: string } | undefined>;
   /** Optional: without it the index counts as fresh from its first sync on. */
   syncState?(): SyncState;
 }
@@ -68,6 +73,25 @@ export interface IndexFreshness {
 }
 
 export type IdentityListener = (podUid: string, lookup: Lookup | undefined) => void;
+
+/** Which pod findPod() looks for: what a service-account token is bound to. */
+export interface PodClaim {
+  uid: string;
+  namespace: string;
+  name: string;
+}
+
+/**
+ * What findPod() found. pod: the pod of that uid, or (uid differs) the one that now holds its namespace/name; any
+ * phase, hostNetwork included. nodeName: where a live GET found it bound; absent when it comes from this node's
+ * watch or LIST (so it is this node's).
+ */
+export type PodFind =
+  | { kind: 'pod'; pod: PodInfo; from: 'index' | 'live'; nodeName?: string }
+  /** No pod of that uid or name (on this node, when only the node's LIST could be asked). */
+  | { kind: 'not-found' }
+  /** The API server could not say (and the index does not know the pod). */
+  | { kind: 'unavailable'; reason: string };
 
 export interface ResolverOptions {
   pods: PodSource;
@@ -164,6 +188,11 @@ export class Resolver {
   private wasFresh = true;
   /** What confirmations have logged at info/warn since the index was last fresh (once each; then debug). */
   private readonly confirmLogged = new Set<string>();
+  /** uid → wakers of findPod() calls waiting for the watch to report that pod. */
+  private readonly uidWaiters = new Map<string, Set<() => void>>();
+  /** findPod() in flight per uid, and its live answers (CONFIRM_TTL_MS) and recent misses (liveLookupHoldoffMs). */
+  private readonly findingPods = new Map<string, Promise<PodFind>>();
+  private readonly podFinds = new Map<string, { at: number; found: PodFind }>();
 
   constructor(private readonly opts: ResolverOptions) {
     this.podWaitMs = opts.podWaitMs ?? 800;
@@ -313,6 +342,108 @@ export class Resolver {
     }
   }
 
+  /** This node's pod of uid as the watch last reported it: any phase, hostNetwork pods included. */
+  podByUid(uid: string): PodInfo | undefined {
+    return this.pods.get(uid);
+  }
+
+  /** A namespace's iam.amazonaws.com/* annotations, undefined when the namespace is not known (yet). */
+  namespaceAnnotations(name: string): Readonly<Record<string, string>> | undefined {
+    return this.namespaces.get(name);
+  }
+
+  /**
+   * The pod a service-account token is bound to (the token path; the IP path is lookup()). While the index is
+   * fresh: the watch's pod of that uid (or the pod now holding its namespace/name, whose uid then differs), else a
+   * wait for the watch (podWaitMs), else one live GET of namespace/name (the pod may be another node's). While the
+   * index is not fresh: that GET first (within the confirmations' rate bound, beyond it the shared LIST of this
+   * node's pods), with the index as the answer when the API server cannot be reached (static stability, as
+   * confirm()). A live answer is reused for CONFIRM_TTL_MS, a miss for liveLookupHoldoffMs; one look-up per uid
+   * at a time. Never rejects.
+   */
+  async findPod(claim: PodClaim, signal?: AbortSignal): Promise<PodFind> {
+    const fresh = this.isFresh();
+    if (fresh) {
+      const hit = this.fromIndexByClaim(claim);
+      if (hit) return hit;
+    }
+    const recent = this.podFinds.get(claim.uid);
+    if (recent) {
+      const ttl = recent.found.kind === 'not-found' ? this.liveLookupHoldoffMs : CONFIRM_TTL_MS;
+      if (this.opts.clock.now() - recent.at < ttl) return recent.found;
+    }
+    try {
+      const pending = shared(this.findingPods, claim.uid, () => this.findLive(claim, fresh));
+      return await (signal ? raceAbort(pending, signal) : pending);
+    } catch (err) {
+      return { kind: 'unavailable', reason: errorMessage(err) };
+    }
+  }
+
+  /** The index's pod of claim.uid, else its pod of claim's namespace/name. */
+  private fromIndexByClaim(claim: PodClaim): PodFind | undefined {
+    const pod = this.pods.get(claim.uid) ?? this.pods.get(this.byName.get(`${claim.namespace}/${claim.name}`) ?? '');
+    return pod ? { kind: 'pod', pod, from: 'index' } : undefined;
+  }
+
+  private async findLive(claim: PodClaim, fresh: boolean): Promise<PodFind> {
+    const { clock, pods, metrics, logger } = this.opts;
+    if (fresh && !this.stopped && this.podWaitMs > 0 && (await this.waitForUid(claim.uid, this.podWaitMs))) {
+      const hit = this.fromIndexByClaim(claim);
+      if (hit) return hit;
+    }
+    const startedAt = clock.now();
+    let found: PodFind;
+    try {
+      if (pods.getPod && this.takeConfirmToken()) {
+        const got = await pods.getPod(claim.namespace, claim.name, fresh ? this.liveLookupTimeoutMs : this.confirmTimeoutMs);
+        found = got ? { kind: 'pod', pod: got.pod, from: 'live', nodeName: got.nodeName } : { kind: 'not-found' };
+      } else if (pods.listNode) {
+        const all = await pods.listNode(this.confirmTimeoutMs);
+        const pod = all.find((p) => p.uid === claim.uid) ?? all.find((p) => p.namespace === claim.namespace && p.name === claim.name);
+        found = pod ? { kind: 'pod', pod, from: 'live' } : { kind: 'not-found' };
+      } else found = { kind: 'not-found' };
+      metrics.liveLookups.inc({ result: found.kind === 'pod' ? 'by-name-found' : 'by-name-not-found' });
+    } catch (err) {
+      metrics.liveLookups.inc({ result: 'by-name-error' });
+      const status = (err as { statusCode?: unknown } | null)?.statusCode;
+      const refused = typeof status === 'number' && status < 500;
+      logger.warn({ err: errorMessage(err), pod: `${claim.namespace}/${claim.name}`, podUid: claim.uid }, 'live pod look-up by name failed');
+      found = { kind: 'unavailable', reason: `live GET of pod ${claim.namespace}/${claim.name}: ${errorMessage(err)}` };
+      // The API server unreachable: the pod the index knows stands (static stability); a refusal gives nothing.
+      if (!refused) {
+        const known = this.fromIndexByClaim(claim);
+        if (known) found = known;
+      }
+    }
+    if (!this.stopped) {
+      this.podFinds.delete(claim.uid);
+      if (this.podFinds.size >= MAX_CONFIRMATIONS) this.podFinds.delete(this.podFinds.keys().next().value!);
+      this.podFinds.set(claim.uid, { at: startedAt, found });
+    }
+    // The watch may have caught up meanwhile: while fresh it is the authority.
+    return (fresh && this.fromIndexByClaim(claim)) || found;
+  }
+
+  /** Resolves true once the watch reports a pod of uid (at once if it has), false after ms. Never rejects. */
+  private waitForUid(uid: string, ms: number): Promise<boolean> {
+    if (this.pods.has(uid)) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      let set = this.uidWaiters.get(uid);
+      if (!set) this.uidWaiters.set(uid, (set = new Set()));
+      const waiters = set;
+      const done = (seen: boolean) => {
+        timer.cancel();
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.uidWaiters.get(uid) === waiters) this.uidWaiters.delete(uid);
+        resolve(seen);
+      };
+      const wake = () => done(true);
+      const timer = this.opts.clock.setTimeout(() => done(false), ms);
+      waiters.add(wake);
+    });
+  }
+
   /** The answer from the index, or undefined when no live pod holds ip. */
   private fromIndex(ip: string): Lookup | undefined {
     const m = this.index.byIp(ip);
@@ -453,6 +584,8 @@ export class Resolver {
     if (previousUid !== undefined && previousUid !== pod.uid) this.forget(previousUid);
     this.byName.set(nameKey, pod.uid);
     this.pods.set(pod.uid, pod);
+    const waiting = this.uidWaiters.get(pod.uid);
+    if (waiting) for (const wake of [...waiting]) wake();
     if (this.index.upsert(pod)) this.refresh(pod);
     else this.retire(pod.uid);
     this.opts.metrics.podsIndexed.set(this.index.size);
@@ -546,6 +679,25 @@ function sameRecord(a: Readonly<Record<string, string>>, b: Readonly<Record<stri
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** pending, or a rejection with the signal's reason once it aborts first (pending itself goes on). */
+export function raceAbort<T>(pending: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    pending.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
 }
 
 /** The call in flight for key, or a new one from start(): concurrent requests from one IP share one look-up. */
