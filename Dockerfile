@@ -40,12 +40,13 @@ FROM node:${NODE_VERSION}-bookworm-slim AS runtime
 # iptables: iptables-nft-restore/-save and iptables-legacy-restore/-save (the agent detects which one the node
 # uses); conntrack: flushes connections to 169.254.169.254 opened before the rules existed; bpftool: loads, pins,
 # attaches, configures and reads the eBPF socket redirect (the agent spawns it; no native addon), ~2.9 MiB
-# installed with its one new library, libelf1 (deploy/README.md). Nothing else: --no-install-recommends keeps
+# installed with its one new library, libelf1 (deploy/README.md); iproute2: `ip`, with which --container-credentials
+# puts its addresses on a dummy link (src/netfilter/link.ts). Nothing else: --no-install-recommends keeps
 # nftables and friends out. Versions float with Debian's security updates.
 # npm, npx, corepack and yarn are removed: nothing runs them at run time.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables conntrack bpftool \
+ && apt-get install -y --no-install-recommends iptables conntrack bpftool iproute2 \
  && rm -rf /var/lib/apt/lists/* \
  && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /opt/yarn-* \
            /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg

@@ -2,6 +2,7 @@
  * The agent's configuration: one frozen, validated object built from flags and environment.
  * Parsing lives in cli.ts (commander); validation here reports every problem at once, naming the flag.
  */
+import { isIP } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { tagValueProblem } from './cache/session-tags.ts';
 export type LogFormat = 'json' | 'pretty';
@@ -81,6 +82,18 @@ export interface Config {
   /** A metadata connection idle this long between requests is closed; a request's headers must arrive within it. */
   idleTimeoutMs: number;
 
+  /** --container-credentials: serve the container-credentials protocol (src/server/container-credentials.ts). */
+  containerCredentials: boolean;
+  /** Where it listens (canonical IP literals): --container-credentials-address, else both defaults (CONTAINER_CREDENTIALS_IPS). */
+  containerCredentialsAddresses: string[];
+  /** The addresses were given: every one is used. Not given: the IPv6 default only on a node with IPv6 enabled. */
+  containerCredentialsAddressesGiven: boolean;
+  containerCredentialsPort: number;
+  /** The dummy link the agent creates and puts the addresses on; undefined (`none`): they are managed elsewhere. */
+  containerCredentialsLink?: string;
+  /** --token-audience: the audience the pods' projected service-account tokens must be issued for. */
+  tokenAudience: string;
+
   logLevel: string;
   logFormat: LogFormat;
 }
@@ -132,6 +145,11 @@ export interface RawOptions {
   maxConnectionsPerIp?: string;
   maxRequestsPerSecond?: string;
   idleTimeout?: string;
+  containerCredentials?: boolean;
+  containerCredentialsAddress?: string[];
+  containerCredentialsPort?: string;
+  containerCredentialsLink?: string;
+  tokenAudience?: string;
   logLevel?: string;
   logFormat?: string;
 }
@@ -152,6 +170,9 @@ export const DEFAULTS = {
   maxConnectionsPerIp: '128',
   maxRequestsPerSecond: '100',
   idleTimeout: '5s',
+  containerCredentialsPort: '80',
+  containerCredentialsLink: 'kiam-link0',
+  tokenAudience: 'kiam',
   namespaceRestrictionFormat: 'glob',
   logLevel: 'info',
   logFormat: 'json',
@@ -230,6 +251,14 @@ export function isRegionName(text: string): boolean {
 export const METADATA_IP = '169.254.169.254';
 /** Its IPv6 form on Nitro instances with HttpProtocolIpv6 enabled. */
 export const METADATA_IPV6 = 'fd00:ec2::254';
+/**
+ * The addresses EKS Pod Identity serves the container-credentials protocol on, which the SDKs accept over plain
+ * HTTP (AWS_CONTAINER_CREDENTIALS_FULL_URI; https://docs.aws.amazon.com/sdkref/latest/guide/feature-container-credentials.html).
+ */
+export const CONTAINER_CREDENTIALS_IP = '169.254.170.23';
+export const CONTAINER_CREDENTIALS_IPV6 = 'fd00:ec2::23';
+/** --container-credentials-link's value for "the addresses are managed elsewhere". */
+export const NO_LINK = 'none';
 /** After an optional leading `!`: [A-Za-z0-9_.@:+-], not starting with `-`, `+` (wildcard) only at the end. */
 const INTERFACE_RE = /^(?!-)[A-Za-z0-9_.@:-]*\+?$/;
 /** IFNAMSIZ - 1. */
@@ -315,6 +344,50 @@ export function interfacePatternProblem(pattern: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * An address for the container-credentials listener in canonical form (IPv6 compressed, lower case: RFC 5952), or
+ * the problem with it: an IP literal that is not unspecified, multicast, IPv4-mapped, or a metadata address.
+ */
+export function containerAddress(ip: string): { address: string } | { problem: string } {
+  const shown = JSON.stringify(ip);
+  if (isIP(ip) === 4) {
+    const first = Number(ip.split('.')[0]);
+    if (ip === '0.0.0.0') return { problem: `${shown} is the unspecified address: give the address pods are told to use` };
+    if (first >= 224) return { problem: `${shown} is a multicast or reserved address` };
+    if (ip === METADATA_IP) return { problem: `${shown} is the instance metadata address` };
+    return { address: ip };
+  }
+  const invalid = { problem: `${shown} is not an IPv4 or IPv6 address (e.g. ${CONTAINER_CREDENTIALS_IP}, ${CONTAINER_CREDENTIALS_IPV6})` };
+  // isIP accepts a zone (`fe80::1%eth0`); the WHATWG URL parser does not, and serialises IPv6 compressed and lower case.
+  if (isIP(ip) !== 6) return invalid;
+  let address: string;
+  try {
+    address = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  } catch {
+    return invalid;
+  }
+  if (address === '::') return { problem: `${shown} is the unspecified address: give the address pods are told to use` };
+  if (address.startsWith('ff')) return { problem: `${shown} is a multicast address` };
+  if (address.startsWith('::ffff:')) return { problem: `${shown} is an IPv4-mapped address: give the IPv4 address itself` };
+  if (address === METADATA_IPV6) return { problem: `${shown} is the instance metadata address` };
+  return { address };
+}
+
+/** Loopback addresses (127/8, ::1): a client on this host only; they cannot go on another link. */
+export function isLoopbackAddress(address: string): boolean {
+  return address === '::1' || /^127\./.test(address);
+}
+
+/** Why this cannot be --container-credentials-link (a link name, IFNAMSIZ - 1 at most, or `none`), or undefined. */
+export function linkNameProblem(name: string): string | undefined {
+  const shown = JSON.stringify(name);
+  if (name === NO_LINK) return undefined;
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name) || name.startsWith('-') || name === '.' || name === '..') {
+    return `${shown} is not a link name: 1 to ${MAX_INTERFACE_LENGTH} characters of [A-Za-z0-9_.-], not starting with '-' (or ${NO_LINK})`;
+  }
+  if (name === 'lo') return `${shown} is the loopback link: the agent manages a dummy link of its own (give ${NO_LINK} when the addresses are put in place by something else)`;
+  return undefined;
+}
 
 /**
  * Validate the raw options against the environment and return one frozen Config, or throw a ConfigError
@@ -442,6 +515,36 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
   const idleTimeoutMs = parseDuration(opt.idleTimeout);
   if (!(idleTimeoutMs >= 1000 && idleTimeoutMs <= 300_000)) problems.push(`--idle-timeout: "${opt.idleTimeout}" must be a duration between 1s and 5m`);
 
+  // The container-credentials listener (checked whether or not --container-credentials is on: a typo in a flag
+  // meant for it is still a typo).
+  const containerCredentialsAddressesGiven = (raw.containerCredentialsAddress ?? []).length > 0;
+  const containerCredentialsAddresses: string[] = [];
+  for (const ip of containerCredentialsAddressesGiven ? raw.containerCredentialsAddress! : [CONTAINER_CREDENTIALS_IP, CONTAINER_CREDENTIALS_IPV6]) {
+    const checked = containerAddress(ip.trim());
+    if ('problem' in checked) problems.push(`--container-credentials-address: ${checked.problem}`);
+    else if (!containerCredentialsAddresses.includes(checked.address)) containerCredentialsAddresses.push(checked.address);
+  }
+  const containerCredentialsPort = parsePort('--container-credentials-port', opt.containerCredentialsPort, problems);
+  if (containerCredentialsPort > 0 && containerCredentialsPort === metricsPort) {
+    problems.push('--container-credentials-port must differ from --metrics-port (which listens on every address)');
+  }
+  const metadataHosts = [hostIp ?? '127.0.0.1', ...(hostIpv6 ? [containerAddressOrSelf(hostIpv6)] : [])];
+  const clash = containerCredentialsAddresses.find((a) => metadataHosts.includes(a));
+  if (clash !== undefined && containerCredentialsPort === port) {
+    problems.push(`--container-credentials-port: the metadata server already listens on ${clash.includes(':') ? `[${clash}]` : clash}:${port}; give another port or address`);
+  }
+  const linkText = opt.containerCredentialsLink;
+  const linkProblem = linkNameProblem(linkText);
+  if (linkProblem) problems.push(`--container-credentials-link: ${linkProblem}`);
+  const containerCredentialsLink = linkText === NO_LINK ? undefined : linkText;
+  const loopback = containerCredentialsAddresses.find(isLoopbackAddress);
+  if (loopback !== undefined && containerCredentialsLink !== undefined && !linkProblem) {
+    problems.push(`--container-credentials-address: ${loopback} is a loopback address, which cannot go on link ${containerCredentialsLink}: give --container-credentials-link ${NO_LINK} with it`);
+  }
+  const tokenAudience = opt.tokenAudience;
+  // An audience is any string (RFC 7519 §4.1.3); one without blanks or control characters is all we ever need.
+  if (!/^[\x21-\x7e]{1,256}$/.test(tokenAudience)) problems.push(`--token-audience: ${JSON.stringify(tokenAudience)} must be 1 to 256 printable characters without blanks`);
+
   if (!LOG_LEVELS.includes(opt.logLevel)) problems.push(`--log-level: "${opt.logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
   if (opt.logFormat !== 'json' && opt.logFormat !== 'pretty') problems.push(`--log-format: "${opt.logFormat}" is not one of json, pretty`);
 
@@ -482,6 +585,12 @@ export function buildConfig(raw: RawOptions, env: NodeJS.ProcessEnv, mode: 'agen
     maxConnectionsPerIp,
     maxRequestsPerSecond,
     idleTimeoutMs,
+    containerCredentials: Boolean(raw.containerCredentials),
+    containerCredentialsAddresses: Object.freeze(containerCredentialsAddresses) as string[],
+    containerCredentialsAddressesGiven,
+    containerCredentialsPort,
+    containerCredentialsLink,
+    tokenAudience,
     logLevel: opt.logLevel,
     logFormat: opt.logFormat as LogFormat,
   });
@@ -505,6 +614,12 @@ export class LeadingSlashRegExp extends RegExp {
   override exec(text: string): RegExpExecArray | null {
     return super.exec(`/${text}`);
   }
+}
+
+/** An IPv6 address in the spelling containerAddress() gives, for comparisons; anything else as it is. */
+function containerAddressOrSelf(ip: string): string {
+  const checked = containerAddress(ip);
+  return 'address' in checked ? checked.address : ip;
 }
 
 /** A per-source cap: a whole number, 0 meaning none. */

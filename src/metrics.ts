@@ -25,7 +25,7 @@ export interface Metrics {
   readonly ambiguousIps: Counter;
   /** Requests from IPs that matched no pod even after the wait and the live lookup. */
   readonly unknownIps: Counter;
-  /** Pod look-ups answered by the live GET fallback rather than the watch. */
+  /** Pod look-ups answered by the live GET fallback rather than the watch (by IP; by-name-* results: the pod a token names). */
   readonly liveLookups: Counter<'result'>;
   /**
    * Live GETs that confirmed a source while the pod index was not known fresh, by result: same (the index agreed),
@@ -56,6 +56,18 @@ export interface Metrics {
   readonly ebpfPresent: Gauge;
   /** Connections the eBPF programs redirected since they were loaded, by family (ipv4, ipv6, ipv4-mapped). */
   readonly ebpfRedirects: Gauge<'family'>;
+  /** Container-credentials requests answered (--container-credentials), by status code. */
+  readonly containerCredentialsRequests: Counter<'code'>;
+  /** TokenReviews of pods' tokens, by result: ok, unauthenticated, error (API unavailable), limited (rate bound hit, not sent). */
+  readonly tokenReviews: Counter<'result'>;
+  /** Token reviews held in the token cache (positive and negative). */
+  readonly tokenReviewCacheEntries: Gauge;
+  /**
+   * Container-credentials requests refused, by reason: no-token, malformed-token (400); malformed, expired,
+   * wrong-audience, invalid (401); other-node, pod-not-found, pod-not-live, uid-mismatch, no-pod-claim, no-role, the
+   * policy's denial codes (403); review-failed, rate-limited, pod-lookup-failed, service-account-failed, no-credentials (503).
+   */
+  readonly tokenRefusals: Counter<'reason'>;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -97,7 +109,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     podsIndexed: new Gauge({ name: 'kiam_pods_indexed', help: 'Live pods of this node in the IP index', registers }),
     ambiguousIps: new Counter({ name: 'kiam_pod_ip_ambiguous_total', help: 'Requests refused because two live pods share the source IP', registers }),
     unknownIps: new Counter({ name: 'kiam_pod_ip_unknown_total', help: 'Requests from an IP that matched no pod of this node', registers }),
-    liveLookups: new Counter({ name: 'kiam_pod_live_lookups_total', help: 'Live API look-ups of a pod by IP after the watch had not seen it, by result', labelNames: ['result'], registers }),
+    liveLookups: new Counter({ name: 'kiam_pod_live_lookups_total', help: 'Live API look-ups of a pod after the watch had not seen it, by result (by IP; by-name-* for the pod a token names)', labelNames: ['result'], registers }),
     confirmations: new Counter({
       name: 'kiam_pod_index_confirmations_total',
       help: 'Live GETs confirming a source while the pod index was not known fresh, by result (same, differs, unavailable, refused)',
@@ -145,6 +157,25 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       name: 'kiam_ebpf_redirected_connections',
       help: 'Connections the eBPF programs sent to the agent since they were loaded (kernel counter), by family',
       labelNames: ['family'],
+      registers,
+    }),
+    containerCredentialsRequests: new Counter({
+      name: 'kiam_container_credentials_requests_total',
+      help: 'Container-credentials requests answered, by status code',
+      labelNames: ['code'],
+      registers,
+    }),
+    tokenReviews: new Counter({
+      name: 'kiam_token_reviews_total',
+      help: "TokenReviews of pods' service-account tokens, by result (ok, unauthenticated, error, limited)",
+      labelNames: ['result'],
+      registers,
+    }),
+    tokenReviewCacheEntries: new Gauge({ name: 'kiam_token_review_cache_entries', help: 'Token reviews held in the cache (positive and negative)', registers }),
+    tokenRefusals: new Counter({
+      name: 'kiam_token_refusals_total',
+      help: 'Container-credentials requests refused, by reason',
+      labelNames: ['reason'],
       registers,
     }),
   };

@@ -33,6 +33,7 @@ import {
   type IptablesCheck,
   type KubePort,
 } from './checks.ts';
+import { containerCredentialsRows } from './container-credentials.ts';
 import type { DoctorOptions } from './options.ts';
 import type { DebugState } from './state.ts';
 
@@ -126,6 +127,7 @@ export async function runDoctor(options: DoctorOptions, ports: DoctorPorts): Pro
   rows.push(...(await guarded('apiserver', 'API server', () => checkApiServer(() => ports.kube(kubeconfig), agent?.config.nodeName || undefined, options.timeoutMs, options.kubeconfig !== undefined))));
   rows.push(...fetched.rows);
   if (agent) rows.push(...(await guarded('agent', 'agent', () => agentRows(agent, ports.now()))));
+  if (agent) rows.push(...(await guarded('containerCredentials', 'container credentials', () => containerCredentialsRows(ports.runner, ports.http, agent, options.timeoutMs, ports.now()))));
 
   const summary = { ok: 0, warn: 0, fail: 0 };
   for (const r of rows) summary[r.status]++;

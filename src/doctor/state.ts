@@ -8,6 +8,7 @@
  */
 import type { IdentitySnapshot } from '../cache/credentials.ts';
 import type { Config } from '../config.ts';
+import type { TokenIdentityState } from '../identity/token-identity.ts';
 import type { Lookup } from '../resolver/types.ts';
 
 export const DEBUG_STATE_PATH = '/debug/state';
@@ -51,6 +52,27 @@ export interface DebugConfig {
   /** --cluster-name, or null. */
   clusterName?: string | null;
   podWaitMs: number;
+  /** --container-credentials and its settings (agents older than it leave them out: off). */
+  containerCredentials?: boolean;
+  containerCredentialsAddresses?: string[];
+  containerCredentialsPort?: number;
+  /** --container-credentials-link, or null for none (the addresses are managed elsewhere). */
+  containerCredentialsLink?: string | null;
+  tokenAudience?: string;
+}
+
+/** The container-credentials listener (--container-credentials) as the agent runs it. */
+export interface DebugContainerCredentials {
+  enabled: boolean;
+  /** Where it listens, `169.254.170.23:80` or `[fd00:ec2::23]:80`; [] until it does. */
+  addresses: string[];
+  /** Default addresses left out, and why (the IPv6 one on a node without IPv6). */
+  skipped: Array<{ address: string; reason: string }>;
+  /** The dummy link the agent keeps the addresses on; null with --container-credentials-link none. */
+  link: { name: string; present: boolean; error: string | null } | null;
+  audience: string;
+  /** TokenIdentity.snapshot(): the token cache, the validations and the TokenReviews; null when off. */
+  identity: TokenIdentityState | null;
 }
 
 export interface DebugRules {
@@ -155,6 +177,8 @@ export interface DebugState {
   sts?: DebugSts | null;
   /** null until the watches have started (absent from older agents). */
   podIndex?: DebugPodIndex | null;
+  /** The container-credentials listener; { enabled: false, … } when off (absent from older agents). */
+  containerCredentials?: DebugContainerCredentials | null;
 }
 
 export interface DebugSources {
@@ -170,6 +194,7 @@ export interface DebugSources {
   identities?: () => IdentitySnapshot[];
   sts?: () => DebugSts;
   podIndex?: () => { fresh: boolean; syncedAt: number | undefined; reason: string | undefined; namespaces: { syncedAt: number | undefined; lost: string | undefined } | undefined };
+  containerCredentials?: () => DebugContainerCredentials;
 }
 
 const iso = (ms: number | undefined): string | null => (ms === undefined || !Number.isFinite(ms) ? null : new Date(ms).toISOString());
@@ -202,6 +227,11 @@ export function debugConfig(config: Config): DebugConfig {
     sessionTags: config.sessionTags,
     clusterName: config.clusterName ?? null,
     podWaitMs: config.podWaitMs,
+    containerCredentials: config.containerCredentials,
+    containerCredentialsAddresses: [...config.containerCredentialsAddresses],
+    containerCredentialsPort: config.containerCredentialsPort,
+    containerCredentialsLink: config.containerCredentialsLink ?? null,
+    tokenAudience: config.tokenAudience,
   };
 }
 
@@ -283,6 +313,7 @@ export function collectDebugState(src: DebugSources): DebugState {
     identities,
     sts: src.sts ? src.sts() : null,
     podIndex: src.podIndex ? debugPodIndex(src.podIndex(), src.now()) : null,
+    containerCredentials: src.containerCredentials ? src.containerCredentials() : null,
   };
 }
 

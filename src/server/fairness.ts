@@ -53,10 +53,21 @@ export function peerAddress(addr: string | undefined): string {
   return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
 }
 
+/** What a refusal looks like: by default the metadata service's small text/html page (IMDS_REFUSALS). */
+export interface RefusalStyle {
+  /** The Server header, if any. */
+  server?: string;
+  contentType: string;
+  body(status: number): string;
+}
+
+export const IMDS_REFUSALS: RefusalStyle = Object.freeze({ server: 'EC2ws', contentType: 'text/html', body: errorPage });
+
 /** A whole error response written straight to a socket (no parser involved), terse as the real service's. */
-export function rawErrorResponse(status: number, extraHeaders = ''): string {
-  const body = errorPage(status);
-  return `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\nServer: EC2ws\r\nContent-Type: text/html\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`;
+export function rawErrorResponse(status: number, extraHeaders = '', style: RefusalStyle = IMDS_REFUSALS): string {
+  const body = style.body(status);
+  const server = style.server ? `Server: ${style.server}\r\n` : '';
+  return `HTTP/1.1 ${status} ${reasonPhrase(status)}\r\n${server}Content-Type: ${style.contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`;
 }
 
 /**
@@ -85,15 +96,20 @@ export interface SourceLimitsDeps {
   clock: Clock;
   metrics: Metrics;
   logger: Logger;
+  /** How the 429s look; default IMDS_REFUSALS (the container-credentials server answers JSON). */
+  refusals?: RefusalStyle;
+  /** Counts a request refused over the rate; default: the metadata request histogram, handler `limited`, code 429. */
+  onRateLimited?: () => void;
 }
 
 export class SourceLimits {
   private readonly sources = new Map<string, Source>();
   private readonly warned = new OnceSet(1000);
   private readonly burst: number;
-  private readonly tooManyConnections = rawErrorResponse(429, 'Retry-After: 1\r\n');
-  private readonly pageBytes = String(Buffer.byteLength(errorPage(429)));
-  private readonly timer: ReturnType<Metrics['requestDuration']['labels']>;
+  private readonly tooManyConnections: string;
+  private readonly page: string;
+  private readonly pageHeaders: string[];
+  private readonly rateLimited: () => void;
   /** Forget idle sources (no connection, full bucket) once the map grows past this; doubled after each sweep. */
   private sweepAt = 1024;
 
@@ -106,7 +122,16 @@ export class SourceLimits {
     }
     if (limits.idleTimeoutMs <= 0) throw new Error('client limits: idleTimeoutMs must be > 0');
     this.burst = Math.max(1, limits.maxRequestsPerSecond * BURST_SECONDS);
-    this.timer = deps.metrics.requestDuration.labels({ handler: 'limited', code: '429' });
+    const style = deps.refusals ?? IMDS_REFUSALS;
+    this.tooManyConnections = rawErrorResponse(429, 'Retry-After: 1\r\n', style);
+    this.page = style.body(429);
+    this.pageHeaders = [...(style.server ? ['server', style.server] : []), 'content-type', style.contentType, 'content-length', String(Buffer.byteLength(this.page))];
+    if (deps.onRateLimited) {
+      this.rateLimited = deps.onRateLimited;
+    } else {
+      const timer = deps.metrics.requestDuration.labels({ handler: 'limited', code: '429' });
+      this.rateLimited = () => timer.observe(0);
+    }
   }
 
   /** Options for http.createServer: header size and timeouts. keepAliveTimeout is set by attach(). */
@@ -163,9 +188,9 @@ export class SourceLimits {
     source.tokens = tokens;
     const retryAfter = Math.max(1, Math.ceil((1 - tokens) / rate));
     this.refused('rate', source.ip, { retryAfter });
-    res.writeHead(429, ['server', 'EC2ws', 'content-type', 'text/html', 'content-length', this.pageBytes, 'retry-after', String(retryAfter)]);
-    res.end(errorPage(429));
-    this.timer.observe(0);
+    res.writeHead(429, [...this.pageHeaders, 'retry-after', String(retryAfter)]);
+    res.end(this.page);
+    this.rateLimited();
     return false;
   }
 

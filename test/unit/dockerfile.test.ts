@@ -130,12 +130,13 @@ describe('Dockerfile: build stage', () => {
 describe('Dockerfile: runtime stage', () => {
   const runtime = stage('runtime');
 
-  test('installs exactly iptables, conntrack and bpftool, without recommends, and drops the apt lists', () => {
+  test('installs exactly iptables, conntrack, bpftool and iproute2, without recommends, and drops the apt lists', () => {
     const { packages, flags } = aptInstall(runtime);
     assert.ok(flags.includes('--no-install-recommends'), 'apt-get install --no-install-recommends');
     assert.ok(flags.includes('-y'), 'non-interactive');
     // bpftool: the agent loads, attaches and reads the eBPF socket redirect by spawning it (Debian's package).
-    assert.deepEqual(packages, ['bpftool', 'conntrack', 'iptables']);
+    // iproute2: `ip`, for the container-credentials link (src/netfilter/link.ts).
+    assert.deepEqual(packages, ['bpftool', 'conntrack', 'iproute2', 'iptables']);
   });
 
   test('takes only build output from the build stage: dist/kiam.mjs, its map and kiam.bpf.o, bin/kiam.mjs, package.json; no node_modules', () => {

@@ -979,9 +979,9 @@ describe('runDoctor', () => {
       'intercept.ipv4', 'intercept.ipv6', 'dataplane',
       'iptables.backend', 'iptables.chain', 'iptables.jump', 'iptables.backstop', 'interfaces.cali+',
       'ebpf.support', 'ebpf.cgroup',
-      'metadata', 'apiserver', 'agent', 'agent.pods', `identity.team-a.a1.${BASE}app-reader`,
+      'metadata', 'apiserver', 'agent', 'agent.pods', `identity.team-a.a1.${BASE}app-reader`, 'containerCredentials',
     ]);
-    assert.deepEqual(report.summary, { ok: 15, warn: 0, fail: 0 });
+    assert.deepEqual(report.summary, { ok: 16, warn: 0, fail: 0 });
     assert.equal(only(report.checks, 'intercept.ipv4').detail, 'iptables DNAT (KIAM-METADATA)');
     assert.equal(only(report.checks, 'dataplane').detail, 'netfilter (no cilium_host, bpfin.cali or bpfnatin interface): --intercept iptables holds on it');
     assert.equal(only(report.checks, 'ebpf.cgroup').detail, "not used (--intercept iptables); nothing of ours attached to /sys/fs/cgroup");
@@ -1001,7 +1001,7 @@ describe('runDoctor', () => {
     assert.match(text, /^  team-a\/a1\s+10\.77\.1\.2\s+arn:aws:iam::123456789012:role\/app-reader$/m);
     assert.match(text, /^  team-a\/c1\s+10\.77\.1\.3\s+no role$/m);
     assert.match(text, /ASIATEST000000000001 expires/);
-    assert.match(text, /13 ok, 0 warning\(s\), 2 failure\(s\)\n$/);
+    assert.match(text, /14 ok, 0 warning\(s\), 2 failure\(s\)\n$/);
   });
 
   it('--intercept iptables on Cilium eBPF: FAIL on IPv4 and on the dataplane, with the fix "use --intercept auto"', async () => {
