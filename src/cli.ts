@@ -1,8 +1,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import pkg from '../package.json' with { type: 'json' };
 import { translatePeerArgs } from './cli-aliases.ts';
-import { buildConfig, ConfigError, DEFAULTS, type Config, type RawOptions } from './config.ts';
+import { buildConfig, CONTAINER_CREDENTIALS_IP, CONTAINER_CREDENTIALS_IPV6, ConfigError, DEFAULTS, NO_LINK, type Config, type RawOptions } from './config.ts';
 import { DOCTOR_DEFAULTS, parseDoctorOptions, type DoctorOptions, type RawDoctorOptions } from './doctor/options.ts';
+import { parseWebhookOptions, WEBHOOK_DEFAULTS, type RawWebhookOptions, type WebhookOptions } from './webhook/options.ts';
 
 export type Invocation =
   /** warnings: peer (kiam, kube2iam) flags accepted but ignored, for the agent to log at start-up. */
@@ -12,6 +13,8 @@ export type Invocation =
   /** `kiam init`: the privileged start-up phase (mounts, kernel checks, one install). */
   | { kind: 'init'; config: Config; json: boolean }
   | { kind: 'doctor'; options: DoctorOptions }
+  /** `kiam webhook`: the mutating admission webhook that wires pods to container credentials. */
+  | { kind: 'webhook'; options: WebhookOptions }
   /** Help, version, or a command line error: print `output` (to stderr when code ≠ 0) and exit with `code`. */
   | { kind: 'exit'; code: number; output: string };
 
@@ -87,6 +90,15 @@ function buildProgram(): Command {
     .addOption(new Option('--max-connections-per-ip <n>', 'open connections to the metadata server per source IP; one more gets 429 and is closed (0: no cap)').default(DEFAULTS.maxConnectionsPerIp))
     .addOption(new Option('--max-requests-per-second <n>', "metadata requests a second per source IP, bursts of 3 s' worth; beyond: 429 with Retry-After (0: no cap)").default(DEFAULTS.maxRequestsPerSecond))
     .addOption(new Option('--idle-timeout <duration>', "close a metadata connection idle this long between requests, or whose request's headers take longer").default(DEFAULTS.idleTimeout))
+    .option('--container-credentials', "also serve the container-credentials protocol (AWS_CONTAINER_CREDENTIALS_FULL_URI): pods identified by their projected service-account token, not their address", false)
+    .addOption(
+      new Option('--container-credentials-address <ip>', `address(es) it listens on, repeatable (default: ${CONTAINER_CREDENTIALS_IP}, and ${CONTAINER_CREDENTIALS_IPV6} when the node has IPv6)`).argParser(collect),
+    )
+    .addOption(new Option('--container-credentials-port <port>', 'port it listens on').default(DEFAULTS.containerCredentialsPort))
+    .addOption(
+      new Option('--container-credentials-link <name>', `dummy link (ifb where the kernel has no dummy driver) the agent creates (if missing) and puts the addresses on; ${NO_LINK}: they are put in place by something else`).default(DEFAULTS.containerCredentialsLink),
+    )
+    .addOption(new Option('--token-audience <audience>', "audience the pods' projected service-account tokens must be issued for").default(DEFAULTS.tokenAudience))
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(DEFAULTS.logLevel))
     .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(DEFAULTS.logFormat));
   interceptionOptions(agent, true);
@@ -125,6 +137,22 @@ function buildProgram(): Command {
     .addOption(new Option('--metadata-endpoint <url>', 'the instance metadata service to check').default(DOCTOR_DEFAULTS.metadataEndpoint))
     .addOption(new Option('--timeout <duration>', 'time budget of each network check').default(DOCTOR_DEFAULTS.timeout))
     .option('--json', 'machine-readable output', false);
+
+  program
+    .command('webhook')
+    .description('run the mutating admission webhook that wires pods of opted-in namespaces to the container-credentials endpoint')
+    .addOption(new Option('--port <port>', 'HTTPS port of /mutate and /healthz').default(WEBHOOK_DEFAULTS.port))
+    .option('--tls-cert-file <path>', 'serving certificate (PEM), reloaded when it changes; with --tls-key-file (default: a self-managed CA kept in --secret-name)')
+    .option('--tls-key-file <path>', 'its private key (PEM)')
+    .addOption(new Option('--namespace <name>', `the webhook's namespace, where its Secret and Service are (env: POD_NAMESPACE, else ${WEBHOOK_DEFAULTS.namespace})`))
+    .addOption(new Option('--service-name <name>', 'the Service the API server calls: the serving certificate names <service>.<namespace>.svc').default(WEBHOOK_DEFAULTS.serviceName))
+    .addOption(new Option('--secret-name <name>', 'Secret holding the self-managed CA and serving certificate').default(WEBHOOK_DEFAULTS.secretName))
+    .addOption(new Option('--webhook-config-name <name>', 'MutatingWebhookConfiguration whose caBundle the self-managed CA is written to').default(WEBHOOK_DEFAULTS.webhookConfigName))
+    .addOption(new Option('--token-audience <audience>', "audience of the projected token the pods get: the agent's --token-audience").default(WEBHOOK_DEFAULTS.tokenAudience))
+    .option('--ipv6', 'point pods at http://[fd00:ec2::23]/v1/credentials instead of http://169.254.170.23/v1/credentials', false)
+    .option('--kubeconfig <path>', 'kubeconfig file (default: in-cluster service account)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default(WEBHOOK_DEFAULTS.logLevel))
+    .addOption(new Option('--log-format <format>', 'log format').choices(['json', 'pretty']).default(WEBHOOK_DEFAULTS.logFormat));
   return program;
 }
 
@@ -175,6 +203,9 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv = proces
 
   program.commands.find((c) => c.name() === 'doctor')!.action((opts: RawDoctorOptions) => {
     result = { kind: 'doctor', options: parseDoctorOptions(opts) };
+  });
+  program.commands.find((c) => c.name() === 'webhook')!.action((opts: RawWebhookOptions) => {
+    result = { kind: 'webhook', options: parseWebhookOptions(opts, env) };
   });
 
   try {

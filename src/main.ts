@@ -1,8 +1,9 @@
 /**
  * Composition root: builds every component from the Config, wires them together, owns the signals.
  * Nothing imports this file. Start-up order: metrics/health port → pod and namespace watches synced →
- * metadata server listening → interception rules installed (only once we can answer) → ready.
- * Shutdown runs the same steps backwards under a hard deadline.
+ * metadata server listening → (--container-credentials: its link, then its listener) → interception rules installed
+ * (only once we can answer) → ready. Shutdown runs the same steps backwards under a hard deadline (the link, like the
+ * interception, is kept).
  */
 import { readdirSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
@@ -31,6 +32,14 @@ import { collectDebugState, type DebugSources } from './doctor/state.ts';
 import { exitCode as doctorExitCode, fetchHttp, renderText, runDoctor } from './doctor/run.ts';
 import type { DoctorOptions } from './doctor/options.ts';
 import { kubeGetJson } from './resolver/kube.ts';
+import { kubeServiceAccountFetch } from './resolver/kube.ts';
+import { ServiceAccountRoles } from './resolver/service-accounts.ts';
+import { KubeTokenReviewer } from './identity/token-review.ts';
+import { TokenIdentity } from './identity/token-identity.ts';
+import { ServiceAccountPrefetch } from './identity/service-account-prefetch.ts';
+import { ipv6Enabled, LinkManager } from './netfilter/link.ts';
+import { createContainerCredentialsServer } from './server/container-credentials.ts';
+import type { DebugContainerCredentials } from './doctor/state.ts';
 
 /** The agent must be gone within 10 s of SIGTERM; stop hooks get a little less, the hard exit the rest. */
 const SHUTDOWN_DEADLINE_MS = 8_000;
@@ -142,7 +151,15 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
     const kubeConfig = loadKubeConfig(config.kubeconfig);
     const { pods, namespaces } = createKubeSources({ kubeConfig, nodeName: config.nodeName, metrics, logger, clock });
     const resolver = new Resolver({ pods, namespaces, policy, clock, metrics, logger, podWaitMs: config.podWaitMs });
-    resolver.onIdentity((podUid, lookup) => prefetcher.podIdentity(podUid, lookup?.kind === 'role' ? lookup.identity : undefined));
+    // With --container-credentials, a pod's role may come from its service account: prefetched too (read once per
+    // account, cached 30 s: ServiceAccountRoles).
+    const serviceAccounts = config.containerCredentials ? new ServiceAccountRoles({ fetch: kubeServiceAccountFetch(kubeConfig), clock }) : undefined;
+    if (serviceAccounts) {
+      const saPrefetch = new ServiceAccountPrefetch({ resolver, serviceAccounts, policy, target: (uid, identity) => prefetcher.podIdentity(uid, identity), logger });
+      resolver.onIdentity((podUid, lookup) => saPrefetch.podIdentity(podUid, lookup));
+    } else {
+      resolver.onIdentity((podUid, lookup) => prefetcher.podIdentity(podUid, lookup?.kind === 'role' ? lookup.identity : undefined));
+    }
     resolverReady = () => resolver.ready();
     podIndexFresh = () => resolver.freshness().fresh;
     debug.podIndex = () => ({ ...resolver.freshness(), namespaces: resolver.namespaceSync() });
@@ -172,6 +189,67 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
     const hosts = [config.hostIp ?? '127.0.0.1', ...(config.hostIpv6 ? [config.hostIpv6] : [])];
     lifecycle.onStop('metadata server', await startup.step('metadata server', () => listenOn(app, hosts, config.port)));
     logger.info({ addresses: hosts.map((h) => (h.includes(':') ? `[${h}]:${config.port}` : `${h}:${config.port}`)) }, 'metadata server listening');
+
+    if (config.containerCredentials && serviceAccounts) {
+      // The container-credentials listener: its addresses on the dummy link (kept when the agent stops, like the
+      // interception: pods get "connection refused" meanwhile), then the listener; stopped before the metadata server.
+      const skipped: DebugContainerCredentials['skipped'] = [];
+      let addresses = [...config.containerCredentialsAddresses];
+      if (!config.containerCredentialsAddressesGiven) {
+        const v6 = ipv6Enabled();
+        if (!v6.enabled) {
+          for (const address of addresses.filter((a) => a.includes(':'))) skipped.push({ address, reason: v6.reason ?? 'IPv6 is disabled' });
+          addresses = addresses.filter((a) => !a.includes(':'));
+          for (const s of skipped) logger.info(s, 'container credentials: IPv6 address left out, the node has no IPv6');
+        }
+      }
+      const linkName = config.containerCredentialsLink;
+      const link = linkName === undefined ? undefined : new LinkManager({ name: linkName, addresses }, { runner: spawnRunner(), clock, logger, intervalMs: config.reconcileIntervalMs });
+      if (link) {
+        lifecycle.onStop('container credentials link', async () => {
+          await link.stop();
+          logger.info({ link: link.spec.name }, 'container-credentials link kept (its addresses answer "connection refused" until the agent is back)');
+        });
+        const ran = await startup.step('container credentials link', () => link.ensure());
+        if (ran.length > 0) logger.info({ link: link.spec.name, ran: ran.map((argv) => argv.join(' ')) }, 'container-credentials link set up');
+        link.start();
+      }
+      const reviewer = new KubeTokenReviewer({ kubeConfig });
+      lifecycle.onStop('token reviewer', () => reviewer.close());
+      const tokenIdentity = new TokenIdentity({
+        reviewer,
+        resolver,
+        serviceAccounts,
+        policy,
+        audiences: [config.tokenAudience],
+        nodeName: config.nodeName,
+        clock,
+        metrics,
+        logger,
+      });
+      const server = createContainerCredentialsServer({
+        identity: tokenIdentity,
+        credentials: cache,
+        metrics,
+        logger,
+        clock,
+        limits: { maxConnectionsPerIp: config.maxConnectionsPerIp, maxRequestsPerSecond: config.maxRequestsPerSecond, idleTimeoutMs: config.idleTimeoutMs },
+        underPressure: () => app.isUnderPressure(),
+      });
+      debug.containerCredentials = () => ({
+        enabled: true,
+        addresses: server.addresses().map(({ host, port }) => (host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`)),
+        skipped,
+        link: link ? { name: link.spec.name, present: link.present, error: link.error ?? null } : null,
+        audience: config.tokenAudience,
+        identity: tokenIdentity.snapshot(),
+      });
+      lifecycle.onStop('container credentials server', () => server.close());
+      await startup.step('container credentials server', () => server.listen(addresses, config.containerCredentialsPort));
+      logger.info({ addresses: debug.containerCredentials().addresses, audience: config.tokenAudience }, 'container credentials server listening');
+    } else {
+      debug.containerCredentials = () => ({ enabled: false, addresses: [], skipped: [], link: null, audience: config.tokenAudience, identity: null });
+    }
 
     if (config.intercept !== 'none') {
       const interception = await startup.step('interception', () => buildInterception(config, { runner: spawnRunner(), clock, metrics, logger, facts: realNodeFacts }));
@@ -270,6 +348,13 @@ async function main(): Promise<void> {
     case 'doctor':
       process.exitCode = await runDoctorCommand(inv.options);
       return;
+    case 'webhook': {
+      // Loaded for this subcommand only: the agent never evaluates the webhook's X.509 library.
+      const { runWebhook } = await import('./webhook/run.ts');
+      const logger = await createLogger({ ...inv.options, nodeName: '' });
+      process.exitCode = await runWebhook(inv.options, { logger, kubeConfig: loadKubeConfig(inv.options.kubeconfig) });
+      process.exit();
+    }
     case 'agent':
       process.exitCode = await runAgent(inv.config, inv.warnings);
       // Sockets, watches and timers are closed; exit now rather than wait on a straggling handle.

@@ -166,3 +166,102 @@ export function parseYamlObjects(text: string, what: string): K8sObject[] {
   }
   return objects;
 }
+
+// ---- cert-manager custom resources (deploy/webhook/cert-manager) ------------------------------------------
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** The fields of `v` outside `allowed`, and those of `required` it lacks, as problems at `path`. */
+function fieldProblems(v: Record<string, unknown>, path: string, allowed: string[], required: string[] = []): string[] {
+  return [
+    ...Object.keys(v).filter((k) => !allowed.includes(k)).map((k) => `${path}.${k}: unknown field`),
+    ...required.filter((k) => !(k in v)).map((k) => `${path}.${k}: missing`),
+  ];
+}
+
+/** metadata of a namespaced cert-manager object, and apiVersion cert-manager.io/v1. */
+function certManagerObjectProblems(obj: unknown, kind: string): { problems: string[]; spec?: Record<string, unknown> } {
+  if (!isPlainObject(obj)) return { problems: ['not an object'] };
+  const problems = fieldProblems(obj, kind, ['apiVersion', 'kind', 'metadata', 'spec'], ['metadata', 'spec']);
+  if (obj.apiVersion !== 'cert-manager.io/v1') problems.push('apiVersion: must be cert-manager.io/v1');
+  const metadata = obj.metadata;
+  if (!isPlainObject(metadata) || typeof metadata.name !== 'string' || typeof metadata.namespace !== 'string') problems.push('metadata: needs a name and a namespace');
+  if (!isPlainObject(obj.spec)) return { problems: [...problems, 'spec: must be an object'] };
+  return { problems, spec: obj.spec };
+}
+
+/**
+ * A cert-manager.io/v1 Issuer of the kinds deploy/ uses (selfSigned, ca), checked by hand against cert-manager's
+ * API reference (https://cert-manager.io/docs/reference/api-docs/#cert-manager.io/v1.IssuerSpec).
+ */
+export function issuerProblems(obj: unknown): string[] {
+  const { problems, spec } = certManagerObjectProblems(obj, 'Issuer');
+  if (!spec) return problems;
+  const kinds = ['acme', 'ca', 'vault', 'selfSigned', 'venafi'];
+  problems.push(...fieldProblems(spec, 'spec', kinds));
+  if (kinds.filter((k) => k in spec).length !== 1) problems.push(`spec: exactly one of ${kinds.join(', ')}`);
+  if ('selfSigned' in spec) {
+    if (!isPlainObject(spec.selfSigned)) problems.push('spec.selfSigned: must be an object');
+    else problems.push(...fieldProblems(spec.selfSigned, 'spec.selfSigned', ['crlDistributionPoints']));
+  }
+  if ('ca' in spec) {
+    if (!isPlainObject(spec.ca)) problems.push('spec.ca: must be an object');
+    else {
+      problems.push(...fieldProblems(spec.ca, 'spec.ca', ['secretName', 'crlDistributionPoints', 'ocspServers', 'issuingCertificateURLs'], ['secretName']));
+      if (typeof spec.ca.secretName !== 'string') problems.push('spec.ca.secretName: must be a string');
+    }
+  }
+  return problems;
+}
+
+const CERTIFICATE_USAGES = [
+  'signing', 'digital signature', 'content commitment', 'key encipherment', 'key agreement', 'data encipherment', 'cert sign', 'crl sign',
+  'encipher only', 'decipher only', 'any', 'server auth', 'client auth', 'code signing', 'email protection', 's/mime', 'ipsec end system',
+  'ipsec tunnel', 'ipsec user', 'timestamping', 'ocsp signing', 'microsoft sgc', 'netscape sgc',
+];
+const GO_DURATION = /^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$/;
+
+/**
+ * A cert-manager.io/v1 Certificate, checked by hand against cert-manager's API reference
+ * (https://cert-manager.io/docs/reference/api-docs/#cert-manager.io/v1.CertificateSpec).
+ */
+export function certificateProblems(obj: unknown): string[] {
+  const { problems, spec } = certManagerObjectProblems(obj, 'Certificate');
+  if (!spec) return problems;
+  problems.push(
+    ...fieldProblems(
+      spec,
+      'spec',
+      ['subject', 'literalSubject', 'commonName', 'duration', 'renewBefore', 'renewBeforePercentage', 'dnsNames', 'ipAddresses', 'uris', 'otherNames', 'emailAddresses',
+        'secretName', 'secretTemplate', 'keystores', 'issuerRef', 'isCA', 'usages', 'privateKey', 'encodeUsagesInRequest', 'revisionHistoryLimit', 'additionalOutputFormats', 'nameConstraints'],
+      ['secretName', 'issuerRef'],
+    ),
+  );
+  if (typeof spec.secretName !== 'string') problems.push('spec.secretName: must be a string');
+  for (const k of ['dnsNames', 'usages'] as const) {
+    if (k in spec && (!Array.isArray(spec[k]) || !(spec[k] as unknown[]).every((x) => typeof x === 'string'))) problems.push(`spec.${k}: must be a list of strings`);
+  }
+  for (const u of Array.isArray(spec.usages) ? spec.usages : []) if (!CERTIFICATE_USAGES.includes(u as string)) problems.push(`spec.usages: "${String(u)}" is not a key usage`);
+  for (const k of ['duration', 'renewBefore'] as const) {
+    if (k in spec && (typeof spec[k] !== 'string' || !GO_DURATION.test(spec[k] as string))) problems.push(`spec.${k}: must be a Go duration such as 2160h`);
+  }
+  if ('isCA' in spec && typeof spec.isCA !== 'boolean') problems.push('spec.isCA: must be a boolean');
+  const ref = spec.issuerRef;
+  if (!isPlainObject(ref)) problems.push('spec.issuerRef: must be an object');
+  else {
+    problems.push(...fieldProblems(ref, 'spec.issuerRef', ['name', 'kind', 'group'], ['name']));
+    if (ref.kind !== undefined && ref.kind !== 'Issuer' && ref.kind !== 'ClusterIssuer') problems.push('spec.issuerRef.kind: Issuer or ClusterIssuer');
+  }
+  const key = spec.privateKey;
+  if (key !== undefined) {
+    if (!isPlainObject(key)) problems.push('spec.privateKey: must be an object');
+    else {
+      problems.push(...fieldProblems(key, 'spec.privateKey', ['rotationPolicy', 'encoding', 'algorithm', 'size']));
+      if (key.algorithm !== undefined && !['RSA', 'ECDSA', 'Ed25519'].includes(key.algorithm as string)) problems.push('spec.privateKey.algorithm: RSA, ECDSA or Ed25519');
+      if (key.algorithm === 'ECDSA' && key.size !== undefined && ![256, 384, 521].includes(key.size as number)) problems.push('spec.privateKey.size: 256, 384 or 521 for ECDSA');
+      if (key.rotationPolicy !== undefined && !['Never', 'Always'].includes(key.rotationPolicy as string)) problems.push('spec.privateKey.rotationPolicy: Never or Always');
+      if (key.encoding !== undefined && !['PKCS1', 'PKCS8'].includes(key.encoding as string)) problems.push('spec.privateKey.encoding: PKCS1 or PKCS8');
+    }
+  }
+  return problems;
+}
