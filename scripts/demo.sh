@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local demo (as root): a whole node in network namespaces — fake metadata service, fake STS, fake
-# Kubernetes API, the real `kiam agent --intercept auto` and four pods — then pods asking for credentials through
-# the eBPF socket redirect and the DNAT. The eBPF programs attach only to a child cgroup the demo creates under a
-# private cgroup2 mount. Everything is torn down at the end; this machine's own network is never touched.
+# Kubernetes API, the real `kiam agent --intercept auto --container-credentials` and four pods — then pods asking
+# for credentials through the eBPF socket redirect and the DNAT, and by their service-account token at
+# 169.254.170.23. The eBPF programs attach only to a child cgroup the demo creates under a private cgroup2
+# mount. Everything is torn down at the end; this machine's own network is never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then

@@ -1,11 +1,15 @@
 /**
  * The local demo: one node in network namespaces, the real agent with `--intercept auto` (the eBPF socket redirect
  * plus the iptables rules), pods asking for credentials with the AWS CLI over IPv4 and IPv6, and an emulated eBPF
- * dataplane that would bypass the DNAT. Built from the same sandbox and fakes as the end-to-end tests: the eBPF
+ * dataplane that would bypass the DNAT; then, with `--container-credentials`, a pod getting its role by its
+ * projected service-account token instead of its address. Built from the same sandbox and fakes as the end-to-end tests: the eBPF
  * programs attach only to the sandbox's own child cgroup. Run as root, through scripts/demo.sh (which installs what
  * it needs first).
  */
-import { BASE_ARN, clientCredentials, curlCredentials, Node, type PodSpec } from '../test/e2e/harness.ts';
+import {
+  BASE_ARN, clientCredentials, containerCurl, CONTAINER_CREDENTIALS_URI, curlCredentials, Node, type PodSpec, tokenClientCredentials,
+  tokenClientProblems,
+} from '../test/e2e/harness.ts';
 import { Sandbox, type Pod } from '../test/e2e/sandbox.ts';
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
@@ -34,7 +38,7 @@ async function main(): Promise<void> {
     say(`  eBPF programs attach (${sb.cgroupPath}).`);
     say();
 
-    say(bold('1. Starting the fakes and `kiam agent --intercept auto` (eBPF socket redirect + iptables rules on cali+)'));
+    say(bold('1. Starting the fakes and `kiam agent --intercept auto --container-credentials` (eBPF socket redirect + iptables rules on cali+)'));
     const node = await Node.start(sb);
     await node.createNamespace('team-a', `${BASE_ARN}app-.*`);
     await node.createNamespace('team-b', `${BASE_ARN}b-role`);
@@ -46,7 +50,7 @@ async function main(): Promise<void> {
       pods.push({ spec, pod });
     }
     const started = Date.now();
-    await node.startAgent([], {}, node.interceptArgs('auto'));
+    await node.startAgent(await node.containerCredentialsArgs(), {}, node.interceptArgs('auto'));
     say(`   agent ready in ${Date.now() - started} ms (watches synced, server listening, eBPF programs attached, rules installed)`);
     say(`   namespaces: team-a permits ${BASE_ARN}app-.*, team-b permits ${BASE_ARN}b-role, locked permits nothing`);
     say();
@@ -83,6 +87,25 @@ async function main(): Promise<void> {
     await sb.removeBypass();
     say();
 
+    say(bold('3d. By token, not by address: the container-credentials endpoint (EKS Pod Identity\'s protocol)'));
+    say(`   the pod gets only AWS_CONTAINER_CREDENTIALS_FULL_URI=${CONTAINER_CREDENTIALS_URI.ipv4} and`);
+    say('   AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: its projected service-account token (audience kiam), checked with a TokenReview');
+    const web = pods[0]!;
+    const webToken = await node.projectToken(web.spec.namespace, web.spec.name);
+    const byToken = await tokenClientCredentials(sb, web.pod, 'curl', { tokenFile: webToken.file });
+    say(`   team-a/web  curl -H "Authorization: $(cat $AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)" $AWS_CONTAINER_CREDENTIALS_FULL_URI`);
+    say(`               → ${byToken.accessKeyId ?? `nothing: ${byToken.output.trim()}`} (its own session team-a.web, as by address)`);
+    if (tokenClientProblems().length === 0) {
+      const cli = await tokenClientCredentials(sb, web.pod, 'aws-cli', { tokenFile: webToken.file, family: 'ipv6' });
+      say(`   team-a/web  the AWS CLI over IPv6 ([fd00:ec2::23]) → ${cli.accessKeyId ?? 'nothing'}`);
+    }
+    const copied = await tokenClientCredentials(sb, pods[1]!.pod, 'curl', { tokenFile: webToken.file });
+    say(`   team-b/batch with web's token copied into it → ${copied.accessKeyId ?? 'nothing'}: the token names the pod, not the address`);
+    const [head, claims] = webToken.token.split('.');
+    const forged = await containerCurl(sb, web.pod, { authorization: `${head}.${claims}.${'A'.repeat(43)}` });
+    say(`   team-a/web with a forged token → ${forged.status} ${forged.body}`);
+    say();
+
     say(bold('4. A pod scheduled now is prefetched before its first request'));
     const from = node.agent!.lineCount;
     const ip = '10.77.1.99';
@@ -99,7 +122,7 @@ async function main(): Promise<void> {
     say(bold('5. A few of the metrics on :9620/metrics'));
     const metrics = await sb.execOrThrow(sb.nodeNs, ['curl', '-sS', 'http://127.0.0.1:9620/metrics']);
     for (const line of metrics.split('\n')) {
-      if (/^kiam_(pods_indexed|credentials_cached_identities|credentials_cache_(hits|misses)_total|iptables_rules_present|ebpf_redirect_present|ebpf_redirected_connections|credential_denials_total)/.test(line)) say(`   ${line}`);
+      if (/^kiam_(pods_indexed|credentials_cached_identities|credentials_cache_(hits|misses)_total|iptables_rules_present|ebpf_redirect_present|ebpf_redirected_connections|credential_denials_total|container_credentials_requests_total|token_reviews_total)/.test(line)) say(`   ${line}`);
     }
     say();
 

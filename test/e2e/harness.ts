@@ -6,10 +6,12 @@
  * The test process drives the fakes with real clients (kubectl, curl) run inside the node namespace, never from
  * the root namespace.
  */
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Pod, Sandbox, TrackedProcess } from './sandbox.ts';
+import type { IssueTokenOptions } from '../fakes/kube-apiserver.ts';
+import { CONTAINER_CREDENTIALS_IP, CONTAINER_CREDENTIALS_IPV6, type Pod, type Sandbox, type TrackedProcess } from './sandbox.ts';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));
 export const NODE_NAME = 'node-1';
@@ -33,6 +35,40 @@ export interface PodSpec {
   externalId?: string;
   node?: string;
   hostNetwork?: boolean;
+  /** spec.serviceAccountName (default: the API's, `default`). */
+  serviceAccount?: string;
+  /**
+   * Wire the pod to the container-credentials endpoint as the kiam webhook does: the projected token volume
+   * (audience TOKEN_AUDIENCE) mounted at TOKEN_DIR and the two environment variables, in its container.
+   */
+  tokenVolume?: 'ipv4' | 'ipv6';
+}
+
+/** Where the kiam webhook mounts the pod's projected service-account token (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE). */
+export const TOKEN_DIR = '/var/run/secrets/kiam/serviceaccount';
+export const TOKEN_PATH = `${TOKEN_DIR}/token`;
+/** The agent's default --token-audience. */
+export const TOKEN_AUDIENCE = 'kiam';
+/** The container-credentials endpoint as pods are told to use it (AWS_CONTAINER_CREDENTIALS_FULL_URI). */
+export const CONTAINER_CREDENTIALS_URI = {
+  ipv4: 'http://169.254.170.23/v1/credentials',
+  ipv6: 'http://[fd00:ec2::23]/v1/credentials',
+} as const;
+
+/** A pod that runs in the node's own network namespace (spec.hostNetwork: its pod IP is the node's). */
+export interface HostNetworkPod {
+  readonly name: string;
+  readonly namespace: string;
+  /** The node namespace: clients of this "pod" run there. */
+  readonly ns: string;
+  readonly ip: string;
+  readonly uid: string;
+}
+
+/** A projected token issued for a pod, and the file it was written to (read by clients as the kubelet's mount). */
+export interface ProjectedToken {
+  token: string;
+  file: string;
 }
 
 export interface StsCall {
@@ -64,6 +100,8 @@ export function agentEnv(home: string): NodeJS.ProcessEnv {
 
 export class Node {
   agent: TrackedProcess | undefined;
+  /** The link the agent puts the container-credentials addresses on (containerCredentialsArgs()); undefined: the node's lo. */
+  containerCredentialsLink: string | undefined;
   private constructor(
     readonly sb: Sandbox,
     readonly kubeconfig: string,
@@ -101,6 +139,22 @@ export class Node {
     if (mode === 'iptables') return ['--intercept', 'iptables', ...iptables, ...v6];
     if (mode === 'ebpf') return ['--intercept', 'ebpf', ...ebpf, ...v6];
     return ['--intercept', 'auto', ...iptables, ...ebpf, ...v6];
+  }
+
+  /**
+   * The flags that turn the container-credentials endpoint on (issue 10), on both of its addresses when the sandbox
+   * has IPv6 (otherwise the agent finds IPv6 disabled and skips fd00:ec2::23): the agent makes its own dummy link
+   * `kiam-link0` with them. On a kernel without dummy links (CONFIG_DUMMY unset) the sandbox puts them on the node's
+   * lo itself and the agent gets `--container-credentials-link none` (the addresses managed elsewhere).
+   */
+  async containerCredentialsArgs(): Promise<string[]> {
+    if (await this.sb.canCreateAgentLink()) {
+      this.containerCredentialsLink = 'kiam-link0';
+      return ['--container-credentials'];
+    }
+    this.containerCredentialsLink = undefined;
+    await this.sb.addNodeAddresses(this.sb.hostIpv6 ? [CONTAINER_CREDENTIALS_IP, CONTAINER_CREDENTIALS_IPV6] : [CONTAINER_CREDENTIALS_IP]);
+    return ['--container-credentials', '--container-credentials-link', 'none'];
   }
 
   /**
@@ -153,11 +207,30 @@ export class Node {
     const annotations: Record<string, string> = {};
     if (spec.role) annotations['iam.amazonaws.com/role'] = spec.role;
     if (spec.externalId) annotations['iam.amazonaws.com/external-id'] = spec.externalId;
+    const container: Json = { name: 'app', image: 'example/app:1' };
+    const wiring: Json = {};
+    if (spec.tokenVolume) {
+      // What the webhook adds (issue 10): the two variables, the read-only mount and the projected volume.
+      container.env = [
+        { name: 'AWS_CONTAINER_CREDENTIALS_FULL_URI', value: CONTAINER_CREDENTIALS_URI[spec.tokenVolume] },
+        { name: 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', value: TOKEN_PATH },
+      ];
+      container.volumeMounts = [{ name: 'kiam-token', mountPath: TOKEN_DIR, readOnly: true }];
+      wiring.volumes = [
+        { name: 'kiam-token', projected: { sources: [{ serviceAccountToken: { audience: TOKEN_AUDIENCE, expirationSeconds: 86400, path: 'token' } }] } },
+      ];
+    }
     const manifest = {
       apiVersion: 'v1',
       kind: 'Pod',
       metadata: { name: spec.name, namespace: spec.namespace, annotations },
-      spec: { nodeName: spec.node ?? NODE_NAME, hostNetwork: spec.hostNetwork ?? false, containers: [{ name: 'app', image: 'example/app:1' }] },
+      spec: {
+        nodeName: spec.node ?? NODE_NAME,
+        hostNetwork: spec.hostNetwork ?? false,
+        ...(spec.serviceAccount ? { serviceAccountName: spec.serviceAccount } : {}),
+        containers: [container],
+        ...wiring,
+      },
       status: { phase: 'Running', podIP: spec.ip, podIPs: spec.ipv6 ? [{ ip: spec.ip }, { ip: spec.ipv6 }] : [{ ip: spec.ip }] },
     };
     const out = await this.kubectl(['create', '-f', '-', '-o', 'json'], JSON.stringify(manifest));
@@ -166,6 +239,44 @@ export class Node {
 
   async deletePod(namespace: string, name: string): Promise<void> {
     await this.kubectl(['delete', 'pod', '-n', namespace, name, '--wait=false']);
+  }
+
+  /**
+   * A pod of this node in the node's own network namespace (spec.hostNetwork, the node's IPs as its pod IPs), e.g. a
+   * system agent: run its clients with tokenClientCredentials(sb, pod, …) / containerCurl(sb, pod, …).
+   */
+  async addHostNetworkPod(spec: Omit<PodSpec, 'ip' | 'ipv6' | 'hostNetwork' | 'node'>): Promise<HostNetworkPod> {
+    const uid = await this.createPod({ ...spec, ip: this.sb.hostIp, ...(this.sb.hostIpv6 ? { ipv6: this.sb.hostIpv6 } : {}), hostNetwork: true });
+    return Object.freeze({ name: spec.name, namespace: spec.namespace, ns: this.sb.nodeNs, ip: this.sb.hostIp, uid });
+  }
+
+  /** A ServiceAccount (annotations e.g. iam.amazonaws.com/role). Returns its uid. */
+  async createServiceAccount(namespace: string, name: string, annotations: Record<string, string> = {}): Promise<string> {
+    const manifest = { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace, annotations } };
+    const out = await this.kubectl(['create', '-f', '-', '-o', 'json'], JSON.stringify(manifest));
+    return (JSON.parse(out) as { metadata: { uid: string } }).metadata.uid;
+  }
+
+  /**
+   * A service-account token signed by the fake API server (POST /_fake/tokens, as the admin client), bound to a
+   * pod when `pod` is given, as the kubelet's projected tokens are. Default audience: TOKEN_AUDIENCE.
+   */
+  async issueToken(options: IssueTokenOptions): Promise<string> {
+    const out = await this.kubectl(['create', '--raw', '/_fake/tokens', '-f', '-'], JSON.stringify({ audience: TOKEN_AUDIENCE, ...options }));
+    const { token } = JSON.parse(out) as { token?: unknown };
+    if (typeof token !== 'string' || token.split('.').length !== 3) throw new Error(`the fake API server issued no token: ${out.slice(0, 200)}`);
+    return token;
+  }
+
+  /**
+   * The kubelet's part: a token for the pod `namespace/pod` (options as issueToken) written where its containers
+   * would read it, `<tmpDir>/pods/<owner>/var/run/secrets/kiam/serviceaccount/token` (owner: the sandbox pod's
+   * name, default the pod's own name), without a trailing newline as the kubelet writes it.
+   */
+  async projectToken(namespace: string, pod: string, options: Omit<IssueTokenOptions, 'namespace' | 'pod'> & { owner?: string } = {}): Promise<ProjectedToken> {
+    const { owner = pod, ...rest } = options;
+    const token = await this.issueToken({ ...rest, namespace, pod });
+    return { token, file: this.sb.podFile(owner, TOKEN_PATH, token) };
   }
 
   /** The fake STS's call log, read with curl inside the node namespace. */
@@ -330,6 +441,134 @@ export async function clientCredentials(sb: Sandbox, pod: Pod, client: Client, f
     case 'js-sdk': {
       const r = await run([process.execPath, join(REPO, 'test/e2e/clients/js-sdk.mjs')], podEnv(sb, { ...modeEnv, NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning' }));
       return { accessKeyId: r.code === 0 ? (parse(r.output.trim())?.accessKeyId as string) : undefined, output: r.output };
+    }
+  }
+}
+
+// ---- the container-credentials endpoint (issue 10) -----------------------------------------------------------
+
+/**
+ * The Python whose botocore and AWS CLI (v1) read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE and accept 169.254.170.23:
+ * Debian's /usr/bin/aws (2.9) and python3-botocore (1.29) predate both. Override with KIAM_E2E_PYTHON (its `aws`
+ * must sit beside it).
+ */
+export const TOKEN_PYTHON = process.env.KIAM_E2E_PYTHON ?? '/root/.pyenv/versions/3.11.7/bin/python3';
+export const TOKEN_AWS_CLI = join(dirname(TOKEN_PYTHON), 'aws');
+
+/** What TOKEN_PYTHON lacks for the token-file clients (empty: ready); checked by feature, not by version number. */
+export function tokenClientProblems(): string[] {
+  const probe = [
+    'import botocore, awscli',
+    'from botocore.credentials import ContainerProvider',
+    'from botocore.utils import ContainerMetadataFetcher as F',
+    "assert getattr(ContainerProvider, 'ENV_VAR_AUTH_TOKEN_FILE', None) == 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE', 'botocore ' + botocore.__version__ + ' has no token-file support'",
+    "assert '169.254.170.23' in F._ALLOWED_HOSTS and 'fd00:ec2::23' in F._ALLOWED_HOSTS, 'botocore ' + botocore.__version__ + ' does not accept 169.254.170.23'",
+  ].join('\n');
+  const r = spawnSync(TOKEN_PYTHON, ['-c', probe], { encoding: 'utf8', timeout: 30_000, env: { PATH: '/usr/bin:/bin' } });
+  const problems: string[] = [];
+  if (r.error || r.status !== 0) {
+    const why = r.error ? r.error.message : (r.stderr.trim().split('\n').at(-1) ?? `exit ${r.status}`);
+    problems.push(`${TOKEN_PYTHON} with botocore (token-file support) and awscli: ${why}`);
+  }
+  const cli = spawnSync(TOKEN_AWS_CLI, ['--version'], { encoding: 'utf8', timeout: 30_000, env: { PATH: '/usr/bin:/bin', HOME: '/nonexistent' } });
+  if (cli.error || cli.status !== 0) problems.push(`${TOKEN_AWS_CLI}: ${cli.error?.message ?? cli.stderr.trim()}`);
+  return problems;
+}
+
+/** Where a token client runs: a sandbox pod, or a hostNetwork pod (the node's namespace). */
+export type TokenClientPlace = Pick<Pod, 'ns'> | HostNetworkPod;
+
+/**
+ * A pod's environment as the webhook leaves it: podEnv() plus AWS_CONTAINER_CREDENTIALS_FULL_URI and (when a token
+ * file is given) AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, with the instance metadata service off.
+ */
+export function tokenEnv(sb: Sandbox, tokenFile: string | undefined, family: 'ipv4' | 'ipv6' = 'ipv4', extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return podEnv(sb, {
+    AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: CONTAINER_CREDENTIALS_URI[family],
+    ...(tokenFile === undefined ? {} : { AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: tokenFile }),
+    ...extra,
+  });
+}
+
+/**
+ * One request to the container-credentials endpoint with curl, from a pod: `authorization` is the header's value
+ * as sent (none: no header). Status, headers (lower-cased names) and body.
+ */
+export async function containerCurl(
+  sb: Sandbox,
+  place: TokenClientPlace,
+  opts: { authorization?: string; family?: 'ipv4' | 'ipv6'; method?: string; path?: string } = {},
+): Promise<HttpAnswerWithHeaders> {
+  const url = new URL(CONTAINER_CREDENTIALS_URI[opts.family ?? 'ipv4']);
+  if (opts.path !== undefined) url.pathname = opts.path;
+  const args = [CURL, '-gsS', '--max-time', '3', '-i', '-o', '-', '-w', '\n%{http_code}', '-X', opts.method ?? 'GET'];
+  if (opts.authorization !== undefined) args.push('-H', `Authorization: ${opts.authorization}`);
+  args.push(url.href);
+  const r = await sb.exec(place.ns, args, { env: podEnv(sb), timeoutMs: 10_000 });
+  return parseCurlI(r.stdout, r.code);
+}
+
+function parseCurlI(stdout: string, code: number | null): HttpAnswerWithHeaders {
+  const cut = stdout.lastIndexOf('\n');
+  const raw = stdout.slice(0, Math.max(cut, 0));
+  const split = raw.indexOf('\r\n\r\n');
+  const head = split < 0 ? raw : raw.slice(0, split);
+  const headers: Record<string, string> = {};
+  for (const line of head.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return { status: Number(stdout.slice(cut + 1)) || 0, headers, body: split < 0 ? '' : raw.slice(split + 4), curlCode: code ?? -1 };
+}
+
+export type TokenClient = 'curl' | 'aws-cli' | 'botocore' | 'js-sdk' | 'js-sdk-chain';
+export const TOKEN_CLIENTS: TokenClient[] = ['curl', 'aws-cli', 'botocore', 'js-sdk', 'js-sdk-chain'];
+
+/**
+ * Credentials as a real client in the pod gets them from the container-credentials endpoint, configured by the
+ * environment only (tokenEnv: the two variables; tokenFile undefined = no token file variable at all):
+ * - curl: the shell line AWS documents for Pod Identity, `curl -H "Authorization: $(cat $TOKEN_FILE)" $FULL_URI`;
+ * - aws-cli: the AWS CLI (v1, TOKEN_AWS_CLI) signs `sts get-caller-identity` with what its credential chain found
+ *   (sent, with --debug and one attempt, to a closed port on the pod's loopback: the access key id is read from the
+ *   signed request's `Authorization: … Credential=<key id>/…`; this CLI has no `configure export-credentials`);
+ * - botocore (TOKEN_PYTHON): the default chain, which must report the `container-role` provider;
+ * - js-sdk / js-sdk-chain: the JS SDK v3's fromHttp / default provider chain, no retries.
+ * Returns the access key id, or the failure (raw output kept for asserts).
+ */
+export async function tokenClientCredentials(
+  sb: Sandbox,
+  place: TokenClientPlace,
+  client: TokenClient,
+  opts: { tokenFile?: string; family?: 'ipv4' | 'ipv6' } = {},
+): Promise<{ accessKeyId?: string; output: string }> {
+  const env = tokenEnv(sb, opts.tokenFile, opts.family);
+  const run = async (argv: string[], extra: NodeJS.ProcessEnv = {}) => {
+    const r = await sb.exec(place.ns, argv, { env: { ...env, ...extra }, cwd: REPO, timeoutMs: 30_000 });
+    // The clients print one JSON line on stdout; warnings and errors go to stderr.
+    return { code: r.code, json: r.code === 0 ? parse(r.stdout.trim()) : undefined, output: `${r.stdout}\n${r.stderr}` };
+  };
+  switch (client) {
+    case 'curl': {
+      const script = 'exec curl -gsS --fail-with-body --max-time 3 -H "Authorization: $(cat "$AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")" "$AWS_CONTAINER_CREDENTIALS_FULL_URI"';
+      const r = await run(['/bin/sh', '-c', script]);
+      return { accessKeyId: typeof r.json?.AccessKeyId === 'string' ? r.json.AccessKeyId : undefined, output: r.output };
+    }
+    case 'aws-cli': {
+      const r = await run([TOKEN_AWS_CLI, 'sts', 'get-caller-identity', '--endpoint-url', 'http://127.0.0.1:9', '--debug'], { AWS_MAX_ATTEMPTS: '1' });
+      const m = /Credential=([A-Z0-9]{16,128})\//.exec(r.output);
+      return { accessKeyId: m?.[1], output: r.output };
+    }
+    case 'botocore': {
+      const r = await run([TOKEN_PYTHON, join(REPO, 'test/e2e/clients/botocore_creds.py')]);
+      return { accessKeyId: r.json?.method === 'container-role' ? (r.json.accessKeyId as string) : undefined, output: r.output };
+    }
+    case 'js-sdk':
+    case 'js-sdk-chain': {
+      const r = await run([process.execPath, join(REPO, 'test/e2e/clients/js-container.mjs'), client === 'js-sdk' ? 'http' : 'chain'], {
+        NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning',
+      });
+      return { accessKeyId: r.json?.accessKeyId as string | undefined, output: r.output };
     }
   }
 }

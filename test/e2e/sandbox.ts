@@ -18,14 +18,17 @@
 //   the pins, the cgroup and both mounts.
 // - installBypass(): a tc program on the pods' cali interfaces that forwards their metadata traffic past the node's
 //   netfilter, as an eBPF dataplane does (needs upstreamNetns).
+// For the container-credentials endpoint: podFile() writes a pod's own files (its projected token) under the temp
+// dir; canCreateAgentLink() and addNodeAddresses() let a test fall back to the node's lo for 169.254.170.23 and
+// fd00:ec2::23 on a kernel that can make neither the agent's dummy link nor its ifb fallback. Pods reach those addresses by their default route, as any node address.
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, watch, writeSync,
+  accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, watch, writeFileSync, writeSync,
 } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TrackedProcess, fmtExit } from './procs.ts';
 
@@ -39,6 +42,13 @@ export const METADATA_IPV6 = 'fd00:ec2::254';
 export const POD_GATEWAY = '169.254.1.1';
 /** The IPv6 gateway of every pod (`ipv6`): a link-local address on each node-side cali interface. */
 export const POD_GATEWAY_IPV6 = 'fe80::1';
+/**
+ * The container-credentials endpoint's addresses (EKS Pod Identity's, which the SDKs accept over plain HTTP): the
+ * agent with --container-credentials puts them on a link of the node namespace; pods reach them by their default
+ * route to the node, like any address of the node.
+ */
+export const CONTAINER_CREDENTIALS_IP = '169.254.170.23';
+export const CONTAINER_CREDENTIALS_IPV6 = 'fd00:ec2::23';
 export const DEFAULT_HOST_IP = '10.77.0.1';
 /** The node's host IPv6 address (`ipv6`), on its lo. Pods get fd77:1::/64 addresses. */
 export const DEFAULT_HOST_IPV6 = 'fd77::1';
@@ -494,6 +504,7 @@ export class Sandbox {
   /** The compiled bypass object while installBypass() is in force. */
   #bypassObj: string | undefined;
   #bypassInstalling: Promise<void> | undefined;
+  #dummyProbe: Promise<boolean> | undefined;
 
   private constructor(prefix: string, hostIp: string, opts: SandboxOptions) {
     this.prefix = prefix;
@@ -610,6 +621,59 @@ export class Sandbox {
   /** Tracked processes that have not exited yet. */
   get processes(): readonly TrackedProcess[] {
     return [...this.#procs.keys()];
+  }
+
+  /**
+   * Writes a file of a pod's own (e.g. the projected service-account token a kubelet would mount), at
+   * `<tmpDir>/pods/<owner>/<path>` (mode 0600; an earlier one is overwritten), and returns that path. The namespaces
+   * share this machine's filesystem, so a process started in any of them reads it there. `owner` is a
+   * pod name, or any other label (e.g. a hostNetwork pod, which runs in the node's namespace).
+   */
+  podFile(owner: string, path: string, content: string | Buffer): string {
+    this.#assertUsable();
+    const rel = normalize(path.replace(/^\/+/, ''));
+    if (!POD_NAME_RE.test(owner) || isAbsolute(rel) || rel === '.' || rel.startsWith('..')) {
+      throw new Error(`sandbox: invalid pod file ${JSON.stringify(owner)} ${JSON.stringify(path)}`);
+    }
+    const file = join(this.tmpDir, 'pods', owner, rel);
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(file, content, { mode: 0o600 });
+    return file;
+  }
+
+  /**
+   * Whether the agent can make its own link here: a `dummy` link (CONFIG_DUMMY; not every VM kernel has it) or its
+   * fallback, an `ifb` one; probed once with a throwaway link in the node namespace.
+   */
+  canCreateAgentLink(): Promise<boolean> {
+    this.#assertUsable();
+    this.#dummyProbe ??= (async () => {
+      // The kinds the agent tries, in its order (src/netfilter/link.ts LINK_KINDS: ifb where the kernel lacks dummy).
+      for (const kind of ['dummy', 'ifb']) {
+        const r = await ipRun(['-n', this.nodeNs, 'link', 'add', 'kiamprobe0', 'type', kind]);
+        if (!r.ok) continue;
+        await ipCmd(['-n', this.nodeNs, 'link', 'del', 'kiamprobe0']);
+        return true;
+      }
+      return false;
+    })();
+    return this.#dummyProbe;
+  }
+
+  /**
+   * Puts host addresses on the node namespace's lo (/32, or /128 without duplicate address detection), e.g. the
+   * container-credentials addresses when the agent runs with `--container-credentials-link none`. IPv6 ones need
+   * the `ipv6` option. Idempotent.
+   */
+  async addNodeAddresses(addresses: readonly string[]): Promise<void> {
+    this.#assertUsable();
+    const lines = addresses.map((a) => {
+      if (isIPv4(a)) return `addr replace ${a}/32 dev lo`;
+      if (!isIPv6(a)) throw new Error(`sandbox: invalid address ${JSON.stringify(a)}`);
+      if (!this.hostIpv6) throw new Error(`sandbox: ${a} needs the ipv6 option`);
+      return `addr replace ${a}/128 dev lo nodad`;
+    });
+    if (lines.length) await ipCmd(['-n', this.nodeNs, '-batch', '-'], `${lines.join('\n')}\n`);
   }
 
   /** Private cgroup2 + bpffs mounts and the child cgroup (synchronous: nothing is started before they exist). */

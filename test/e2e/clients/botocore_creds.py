@@ -1,5 +1,7 @@
 # Runs inside a pod's network namespace: botocore's default credential chain, which ends at the instance
-# metadata service on 169.254.169.254. Prints {"accessKeyId", "method"} or {"error"}; never a secret.
+# metadata service on 169.254.169.254, or at the container-credentials endpoint when the environment names one
+# (AWS_CONTAINER_CREDENTIALS_FULL_URI; method "container-role"). Prints {"accessKeyId", "method"} or {"error"};
+# never a secret.
 import json
 import sys
 
