@@ -12,6 +12,11 @@
  *   POST /pods/patch      [{namespace, name, patch}]       merge patches     → {patched}
  *   POST /pods/delete     [{namespace, name}]              delete            → {deleted}
  *   POST /clients         {name}                           a client token    → {token, kubeconfig}
+ *   POST /tokens          [{namespace, pod, audience?, expirationSeconds?}]
+ *                                                          service-account tokens bound to those pods (what the
+ *                                                          kubelet's TokenRequest for a projected volume gets)
+ *                                                          → {tokens}
+ *   GET  /token-reviews                                    TokenReviews answered so far → {count}
  *   POST /cluster-watch   {name}                           list + watch all pods and namespaces as `name`,
  *                                                          answers once both watches are open
  *   GET  /stats                                            {client: {pods|namespaces|other: ClientCounts}}
@@ -50,7 +55,8 @@ export function statsOf(log: readonly RequestLogEntry[]): ClusterStats {
   return out;
 }
 
-class Cluster {
+/** The control API (exported for its unit test). */
+export class Cluster {
   private readonly watchers: ClientRequest[] = [];
   constructor(private readonly kube: FakeKubeApiServer) {}
 
@@ -96,6 +102,21 @@ class Cluster {
         answer = { token, kubeconfig: this.kube.kubeconfig(token) };
         break;
       }
+      case 'POST /tokens':
+        answer = {
+          tokens: list().map((t) =>
+            this.kube.issueToken({
+              namespace: String(t.namespace),
+              pod: String(t.pod),
+              ...(typeof t.audience === 'string' ? { audience: t.audience } : {}),
+              ...(typeof t.expirationSeconds === 'number' ? { expirationSeconds: t.expirationSeconds } : {}),
+            }),
+          ),
+        };
+        break;
+      case 'GET /token-reviews':
+        answer = { count: this.kube.tokenReviews };
+        break;
       case 'POST /cluster-watch': {
         const name = (body as { name?: unknown } | undefined)?.name;
         if (typeof name !== 'string' || !/^[\w.-]+$/.test(name)) throw new Error('POST /cluster-watch: {name} required');

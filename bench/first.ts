@@ -3,24 +3,30 @@
  * requests come through the interception), is created in the API by its own client process, and runs the SDK flow
  * 1 s later — or immediately. Pods run in parallel batches, staggered so that their flows do not overlap. Once per
  * interception path: the agent started with `--intercept <path>`, as a DaemonSet would run it.
+ *
+ * With `token` (issue 10), then once more by token: the agent started with `--intercept none
+ * --container-credentials` (every kiam interception removed first), and each pod's client, once its pod exists,
+ * has a token issued for it and asks the container-credentials listener with it (bench/first-cred.ts): pod created
+ * → token issued → (delay) → first 200 by token.
  */
 import { Histogram } from './lib/histogram.ts';
-import { PATH_LABEL, usesEbpf, type InterceptPath } from './lib/intercept.ts';
+import { usesEbpf, type InterceptPath } from './lib/intercept.ts';
+import { isTokenPath, pathLabel, TOKEN_AUDIENCE, TOKEN_EXPIRATION_S, TOKEN_PATH, type BenchPath } from './lib/token-path.ts';
 import type { FirstConfig, FirstResult } from './first-cred.ts';
 import { NODE_NAME } from './node.ts';
 import { NODE_PODS, roleName, type World } from './world.ts';
 
 export interface FirstVariant {
-  /** The agent's interception; absent in runs recorded before there was a choice: the DNAT. */
-  path?: InterceptPath;
+  /** The agent's interception, or `token` (issue 10); absent in runs recorded before there was a choice: the DNAT. */
+  path?: BenchPath;
   delay_ms: number;
   pods: number;
   ok: number;
   p50_ms: number;
   p99_ms: number;
   max_ms: number;
-  /** Per pod: flow ms (NaN when it failed) and the failure. */
-  samples: { flow_ms: number; ok: boolean; steps: FirstResult['steps']; error?: string }[];
+  /** Per pod: flow ms (NaN when it failed) and the failure; token path: how long issuing its token took. */
+  samples: { flow_ms: number; ok: boolean; steps: FirstResult['steps']; token_ms?: number; error?: string }[];
 }
 
 export interface FirstSection {
@@ -32,7 +38,7 @@ const STS_DELAY_MS = 500;
 
 export async function firstSection(
   world: World,
-  opts: { pods: number; batch: number; delays: number[]; paths: readonly InterceptPath[] },
+  opts: { pods: number; batch: number; delays: number[]; paths: readonly InterceptPath[]; token?: boolean },
   log: (m: string) => void,
 ): Promise<FirstSection> {
   const { node } = world;
@@ -50,6 +56,17 @@ export async function firstSection(
         await node.stopAgent();
       }
     }
+    if (opts.token) {
+      // The token path alone: no kiam rule or program left from the paths above.
+      if (node.interception) await node.removeInterception();
+      await node.startAgent({ intercept: 'none', extra: await node.tokenArgs() });
+      try {
+        await node.waitForMetric('kiam_credentials_cached_identities', (v) => v >= NODE_PODS, 60_000);
+        for (const delay of opts.delays) variants.push(await variant(world, TOKEN_PATH, delay, opts, seq, log));
+      } finally {
+        await node.stopAgent();
+      }
+    }
   } finally {
     await node.configureSts({ delayMs: 0 });
   }
@@ -58,7 +75,7 @@ export async function firstSection(
 
 async function variant(
   world: World,
-  path: InterceptPath,
+  path: BenchPath,
   delay: number,
   opts: { pods: number; batch: number },
   seq: { n: number },
@@ -66,7 +83,8 @@ async function variant(
 ): Promise<FirstVariant> {
   const { node, sb } = world;
   const samples: FirstVariant['samples'] = [];
-  const redirects0 = usesEbpf(path) ? await node.ebpfRedirects() : 0;
+  const ebpf = !isTokenPath(path) && usesEbpf(path);
+  const redirects0 = ebpf ? await node.ebpfRedirects() : 0;
   for (let done = 0; done < opts.pods; done += opts.batch) {
     const n = Math.min(opts.batch, opts.pods - done);
     const pods = await Promise.all(Array.from({ length: n }, () => sb.addPod({ name: `first-${++seq.n}` })));
@@ -79,13 +97,14 @@ async function variant(
         pod: { namespace: 'first', name: pod.name, ip: pod.ip, node: NODE_NAME, role: roleName(seq.n * 7 + i) },
         delayMs: delay,
         startAt: base + i * 200,
+        ...(isTokenPath(path) ? { token: { audience: TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_S } } : {}),
       };
       return node.spawnInPod(pod, 'bench/first-cred.ts', [JSON.stringify(cfg)]);
     });
     try {
       const results = await Promise.all(procs.map(async (p) => (JSON.parse(await p.waitForLine(/^\{"result"/, 30_000)) as { result: FirstResult }).result));
       for (const r of results) {
-        samples.push({ flow_ms: r.flowMs, ok: r.ok, steps: r.steps, ...(r.error ? { error: r.error } : {}) });
+        samples.push({ flow_ms: r.flowMs, ok: r.ok, steps: r.steps, ...(r.tokenMs === undefined ? {} : { token_ms: r.tokenMs }), ...(r.error ? { error: r.error } : {}) });
         if (r.lateMs > 50) log(`first: a client started ${r.lateMs} ms late`);
       }
     } finally {
@@ -93,7 +112,7 @@ async function variant(
       await node.deletePods(pods.map((p) => ({ namespace: 'first', name: p.name })));
     }
   }
-  if (usesEbpf(path)) {
+  if (ebpf) {
     // Three connections per flow (token, listing, document): each one must have been a rewritten connect.
     const redirects = (await node.ebpfRedirects()) - redirects0;
     const flows = samples.filter((s) => s.steps.length > 0).length;
@@ -111,6 +130,6 @@ async function variant(
     max_ms: h.max / 1000,
     samples,
   };
-  log(`first credential (${PATH_LABEL[path]}), request ${delay} ms after the pod appeared: ${v.ok}/${v.pods} ok, p50 ${v.p50_ms.toFixed(1)} ms, p99 ${v.p99_ms.toFixed(1)} ms`);
+  log(`first credential (${pathLabel(path)}), request ${delay} ms after the pod appeared: ${v.ok}/${v.pods} ok, p50 ${v.p50_ms.toFixed(1)} ms, p99 ${v.p99_ms.toFixed(1)} ms`);
   return v;
 }

@@ -6,24 +6,35 @@
  *   node --import tsx bench/loadgen.ts '<GenConfig JSON>'    → prints one line {"result": GenResult}
  *   node --import tsx bench/loadgen.ts --fetch '<FetchConfig JSON>' → prints {"status","head","body"(base64)}
  *
+ *   node --import tsx bench/loadgen.ts --prime '<PrimeConfig JSON>' → prints {"primed": [status, …]}
+ *
  * Slot kinds: `ka` GETs the role's credential document over one keep-alive connection; `new` opens a new
  * connection per request (`Connection: close`); `token` does the IMDSv2 pair over keep-alive (PUT the token, then
  * GET the document with it). Each slot binds its connections to one source IP of this namespace, i.e. one pod, and
- * asks for that pod's role. Only responses completed inside [measureFrom, measureTo] (epoch ms) are counted; the
- * time before is warm-up. Non-200 answers and socket errors are counted as errors by status / error code.
+ * asks for that pod's role. With `protocol: 'container-credentials'` (issue 10's token path), `ka` and `new` GET
+ * /v1/credentials with the source pod's service-account token in the Authorization header instead (the pod is named
+ * by its token; the source IP only spreads the connections as before). Only responses completed inside
+ * [measureFrom, measureTo] (epoch ms) are counted; the time before is warm-up. Non-200 answers and socket errors
+ * are counted as errors by status / error code.
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { Histogram, type HistogramJson } from './lib/histogram.ts';
 import { ProtocolError, ResponseParser, type Response } from './lib/http-response.ts';
+import { authorization, CONTAINER_CREDENTIALS } from './lib/token-path.ts';
 
 export type SlotKind = 'ka' | 'new' | 'token';
+
+/** What the slots ask: the instance metadata document of the role (default), or the container-credentials one by token. */
+export type Protocol = 'imds' | 'container-credentials';
 
 export interface GenConfig {
   host: string;
   port: number;
-  sources: { ip: string; role: string }[];
+  protocol?: Protocol;
+  /** token: the source pod's service-account token (container-credentials only). */
+  sources: { ip: string; role: string; token?: string }[];
   slots: { kind: SlotKind; source: number; pauseMs?: number }[];
   measureFrom: number;
   measureTo: number;
@@ -51,12 +62,26 @@ export interface FetchConfig {
   method?: string;
   path: string;
   headers?: Record<string, string>;
+  /** The Host header; default 169.254.169.254. */
+  hostHeader?: string;
+}
+
+/**
+ * Requests made one after the other until each is answered something else than 503 (the agent's answer while a
+ * TokenReview is rate-bounded or the listener is not up yet: wait retryMs and ask again), or deadlineMs passed.
+ * Used to have the agent review every token before a measured run.
+ */
+export interface PrimeConfig {
+  requests: FetchConfig[];
+  retryMs?: number;
+  deadlineMs?: number;
 }
 
 const DOC_PATH = '/latest/meta-data/iam/security-credentials/';
+const IMDS_HOST = '169.254.169.254';
 
-function request(method: string, path: string, headers: Record<string, string>, close: boolean): Buffer {
-  let text = `${method} ${path} HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: kiam-bench/1\r\nAccept: */*\r\n`;
+function request(method: string, path: string, headers: Record<string, string>, close: boolean, host = IMDS_HOST): Buffer {
+  let text = `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\nUser-Agent: kiam-bench/1\r\nAccept: */*\r\n`;
   for (const [k, v] of Object.entries(headers)) text += `${k}: ${v}\r\n`;
   if (close) text += 'Connection: close\r\n';
   if (method === 'PUT') text += 'Content-Length: 0\r\n';
@@ -113,9 +138,19 @@ class Run {
   }
 }
 
+/** The document request of a slot's source: the role's IMDS document, or the container-credentials one by token. */
+function documentRequest(cfg: GenConfig, src: GenConfig['sources'][number], close: boolean, headers: Record<string, string> = {}): Buffer {
+  if (cfg.protocol === 'container-credentials') {
+    if (!src.token) throw new Error(`source ${src.ip}: container-credentials requests need a token`);
+    return request('GET', CONTAINER_CREDENTIALS.path, { ...authorization(src.token), ...headers }, close, CONTAINER_CREDENTIALS.host);
+  }
+  return request('GET', DOC_PATH + src.role, headers, close);
+}
+
 /** Keep-alive loop: one connection, one request in flight; reconnects after an error. `token`: PUT then GET. */
-function keepAliveSlot(run: Run, kind: 'ka' | 'token', ip: string, role: string, pauseMs: number): void {
-  const get = request('GET', DOC_PATH + role, {}, false);
+function keepAliveSlot(run: Run, kind: 'ka' | 'token', src: GenConfig['sources'][number], pauseMs: number): void {
+  const { ip } = src;
+  const get = documentRequest(run.cfg, src, false);
   const put = request('PUT', '/latest/api/token', { 'X-aws-ec2-metadata-token-ttl-seconds': '21600' }, false);
   const start = () => {
     if (run.stopped) return;
@@ -137,7 +172,7 @@ function keepAliveSlot(run: Run, kind: 'ka' | 'token', ip: string, role: string,
           if (kind === 'token') {
             if (current === put) {
               const token = r.status === 200 && r.body ? r.body.toString('latin1') : '';
-              current = request('GET', DOC_PATH + role, token ? { 'X-aws-ec2-metadata-token': token } : {}, false);
+              current = documentRequest(run.cfg, src, false, token ? { 'X-aws-ec2-metadata-token': token } : {});
             } else current = put;
           }
           if (r.close) sock.end();
@@ -167,8 +202,9 @@ function keepAliveSlot(run: Run, kind: 'ka' | 'token', ip: string, role: string,
  * first would pile up TIME_WAIT sockets on its one source address, and every later bind() to that address would
  * have to search past them for a free port (the load generator, not the server, would become the bound).
  */
-function newConnectionSlot(run: Run, ip: string, role: string, pauseMs: number): void {
-  const get = request('GET', DOC_PATH + role, {}, true);
+function newConnectionSlot(run: Run, src: GenConfig['sources'][number], pauseMs: number): void {
+  const { ip } = src;
+  const get = documentRequest(run.cfg, src, true);
   const once = () => {
     if (run.stopped) return;
     const startedAt = performance.now();
@@ -209,8 +245,9 @@ export async function generate(cfg: GenConfig): Promise<GenResult> {
   for (const slot of cfg.slots) {
     const src = cfg.sources[slot.source];
     if (!src) throw new Error(`slot source ${slot.source} out of range`);
-    if (slot.kind === 'new') newConnectionSlot(run, src.ip, src.role, slot.pauseMs ?? 0);
-    else keepAliveSlot(run, slot.kind, src.ip, src.role, slot.pauseMs ?? 0);
+    if (slot.kind === 'token' && cfg.protocol === 'container-credentials') throw new Error('the IMDSv2 `token` slot kind has no container-credentials form');
+    if (slot.kind === 'new') newConnectionSlot(run, src, slot.pauseMs ?? 0);
+    else keepAliveSlot(run, slot.kind, src, slot.pauseMs ?? 0);
   }
   await new Promise((r) => setTimeout(r, Math.max(0, cfg.measureFrom - Date.now())));
   const cpu0 = process.cpuUsage();
@@ -238,7 +275,7 @@ export function fetchOnce(cfg: FetchConfig): Promise<{ status: number; head: str
     const sock = net.connect({ host: cfg.host, port: cfg.port, localAddress: cfg.ip, noDelay: true });
     const parser = new ResponseParser(true);
     sock.setTimeout(5_000, () => sock.destroy(new Error('timed out')));
-    sock.on('connect', () => sock.write(request(cfg.method ?? 'GET', cfg.path, cfg.headers ?? {}, true)));
+    sock.on('connect', () => sock.write(request(cfg.method ?? 'GET', cfg.path, cfg.headers ?? {}, true, cfg.hostHeader)));
     sock.on('data', (chunk: Buffer) => {
       try {
         parser.push(chunk, (r) => {
@@ -255,9 +292,33 @@ export function fetchOnce(cfg: FetchConfig): Promise<{ status: number; head: str
   });
 }
 
+/** PrimeConfig's requests in turn; the last status of each (0: no answer before the deadline). */
+export async function prime(cfg: PrimeConfig): Promise<number[]> {
+  const deadline = Date.now() + (cfg.deadlineMs ?? 30_000);
+  const out: number[] = [];
+  for (const req of cfg.requests) {
+    let status = 0;
+    for (;;) {
+      try {
+        status = (await fetchOnce(req)).status;
+      } catch {
+        status = 0; // refused or reset: the listener is not up yet
+      }
+      if ((status !== 503 && status !== 0) || Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, cfg.retryMs ?? 1_000));
+    }
+    out.push(status);
+  }
+  return out;
+}
+
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === '--fetch') {
     process.stdout.write(`${JSON.stringify(await fetchOnce(JSON.parse(argv[1] ?? '') as FetchConfig))}\n`);
+    return;
+  }
+  if (argv[0] === '--prime') {
+    process.stdout.write(`${JSON.stringify({ primed: await prime(JSON.parse(argv[1] ?? '') as PrimeConfig) })}\n`);
     return;
   }
   const cfg = JSON.parse(argv[0] ?? '') as GenConfig;

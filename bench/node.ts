@@ -14,6 +14,7 @@ import { findBinary, type Pod, type Sandbox, type TrackedProcess } from '../test
 import type { ClusterStats } from './cluster.ts';
 import { ebpfRedirects, interceptArgs, type InterceptPath } from './lib/intercept.ts';
 import type { BenchPod } from './lib/pods.ts';
+import { AGENT_TOKEN_ARGS, CONTAINER_CREDENTIALS, TOKEN_AUDIENCE, TOKEN_EXPIRATION_S } from './lib/token-path.ts';
 import { runtime } from './runtime.ts';
 
 const CURL = '/usr/bin/curl';
@@ -90,6 +91,29 @@ export class BenchNode {
     return this.control('GET', '/stats');
   }
 
+  /** Service-account tokens (audience `kiam`, 24 h) bound to these pods, as the kubelet gets them for a projected volume. */
+  async issueTokens(pods: { namespace: string; name: string }[]): Promise<string[]> {
+    if (pods.length === 0) return [];
+    const body = pods.map(({ namespace, name }) => ({ namespace, pod: name, audience: TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_S }));
+    return (await this.control<{ tokens: string[] }>('POST', '/tokens', body)).tokens;
+  }
+
+  /**
+   * The agent flags of the token path (AGENT_TOKEN_ARGS): the agent makes its dummy link `kiam-link0` with the
+   * address, as in production; on a kernel without dummy links (CONFIG_DUMMY unset) the address goes on the node
+   * namespace's lo instead and the agent gets `--container-credentials-link none` (the address managed elsewhere).
+   */
+  async tokenArgs(): Promise<string[]> {
+    if (await this.sb.canCreateAgentLink()) return [...AGENT_TOKEN_ARGS];
+    await this.sb.addNodeAddresses([CONTAINER_CREDENTIALS.host]);
+    return [...AGENT_TOKEN_ARGS, '--container-credentials-link', 'none'];
+  }
+
+  /** TokenReviews the API server has answered so far (any client). */
+  async tokenReviews(): Promise<number> {
+    return (await this.control<{ count: number }>('GET', '/token-reviews')).count;
+  }
+
   /**
    * Starts `kiam agent` as production does (bin/kiam.mjs → dist/kiam.mjs, no tsx), as API client `client`, and
    * waits for /readyz. The environment is the harness's: static agent keys for the fake STS, instance metadata
@@ -120,7 +144,7 @@ export class BenchNode {
       ...(opts.extra ?? []),
     ];
     if (intercept !== 'none') this.installed = { path: intercept, port: AGENT_PORT };
-    const agent = this.sb.spawn(this.sb.nodeNs, argv, {
+    const agent = this.sb.spawn(this.sb.nodeNs, pin(process.env.KIAM_BENCH_AGENT_CPUS, argv), {
       cwd: REPO,
       logFile: join(this.sb.tmpDir, `${client}.log`),
       env: agentEnv(this.sb.tmpDir),
@@ -233,7 +257,7 @@ export class BenchNode {
 
   /** Runs a bench script (bench/*.ts) inside a pod namespace with a clean environment. */
   spawnInPod(pod: Pod, script: string, args: string[]): TrackedProcess {
-    return this.sb.spawn(pod.ns, [process.execPath, '--import', 'tsx', join(REPO, script), ...args], {
+    return this.sb.spawn(pod.ns, pin(process.env.KIAM_BENCH_LOAD_CPUS, [process.execPath, '--import', 'tsx', join(REPO, script), ...args]), {
       cwd: REPO,
       env: podEnv(this.sb, { NODE_OPTIONS: '--disable-warning=NodeVersionSupportWarning' }),
     });
@@ -242,4 +266,13 @@ export class BenchNode {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Prefixes argv with `taskset -c <cpus>` when cpus (a CPU list, e.g. "1" or "0,2-3") is set: KIAM_BENCH_AGENT_CPUS
+ * pins the agent and the baseline servers, KIAM_BENCH_LOAD_CPUS the load generators and pod clients, so that they
+ * do not compete for the same cores. Unset: nothing is pinned (the default).
+ */
+export function pin(cpus: string | undefined, argv: string[]): string[] {
+  return cpus ? ['taskset', '-c', cpus, ...argv] : argv;
 }

@@ -5,7 +5,8 @@
 import type { ApiSection } from './api.ts';
 import type { FirstSection } from './first.ts';
 import type { FootprintSection } from './footprint.ts';
-import { PATH_LABEL, PATHS, type InterceptPath } from './lib/intercept.ts';
+import { type InterceptPath } from './lib/intercept.ts';
+import { BENCH_PATHS, CONTAINER_CREDENTIALS, isTokenPath, pathLabel, type BenchPath } from './lib/token-path.ts';
 import type { StsVariant } from './sts.ts';
 import type { WarmRun, WarmSection } from './warm.ts';
 
@@ -27,8 +28,8 @@ export interface Target {
 const f = (n: number | null | undefined, d = 1) => (n === null || n === undefined || Number.isNaN(n) ? '—' : n.toFixed(d));
 const kib = (b: number) => `${(b / 1024).toFixed(0)} KiB`;
 
-/** A run's interception path: runs recorded before there was a choice went through the DNAT. */
-export const pathOf = (x: { path?: InterceptPath | undefined }): InterceptPath => x.path ?? 'iptables';
+/** A run's path (an interception path or the token path): runs recorded before there was a choice went through the DNAT. */
+export const pathOf = (x: { path?: BenchPath | undefined }): BenchPath => x.path ?? 'iptables';
 
 const runKey = (r: WarmRun) => `${pathOf(r)}/${r.server}/${r.mode}/${r.connections}`;
 
@@ -52,14 +53,14 @@ function roundsOf(w: WarmSection, r: WarmRun): number[] {
   return w.runs.filter((x) => runKey(x) === runKey(r)).map((x) => x.rps).sort((a, b) => a - b);
 }
 
-function warmPick(w: WarmSection, server: WarmRun['server'], mode: WarmRun['mode'], connections: number, path: InterceptPath = 'iptables'): WarmRun | undefined {
+function warmPick(w: WarmSection, server: WarmRun['server'], mode: WarmRun['mode'], connections: number, path: BenchPath = 'iptables'): WarmRun | undefined {
   return medianRuns(w.runs.filter((r) => r.server === server && r.mode === mode && r.connections === connections && pathOf(r) === path))[0];
 }
 
-/** The paths present, in the canonical order (DNAT first). */
-function pathsIn(items: readonly { path?: InterceptPath | undefined }[]): InterceptPath[] {
+/** The paths present, in the canonical order (DNAT first, the token path last). */
+function pathsIn(items: readonly { path?: BenchPath | undefined }[]): BenchPath[] {
   const present = new Set(items.map(pathOf));
-  return PATHS.filter((p) => present.has(p));
+  return BENCH_PATHS.filter((p) => present.has(p));
 }
 
 /** The generators' CPU per request, µs: the client's side of every request, its network stack included. */
@@ -81,8 +82,8 @@ export interface PathComparison {
   generator_cpu_ratio: number;
 }
 
-/** Each variant of another path (eBPF, auto) against the DNAT's run of the same variant in the same run. */
-export function comparePaths(w: WarmSection, path: InterceptPath): PathComparison[] {
+/** Each variant of another path (eBPF, auto, token) against the DNAT's run of the same variant in the same run. */
+export function comparePaths(w: WarmSection, path: BenchPath): PathComparison[] {
   const out: PathComparison[] = [];
   for (const other of medianRuns(w.runs).filter((r) => pathOf(r) === path)) {
     const dnat = warmPick(w, other.server, other.mode, other.connections, 'iptables');
@@ -102,7 +103,7 @@ export function comparePaths(w: WarmSection, path: InterceptPath): PathCompariso
   return out;
 }
 
-function warmHeadline(w: WarmSection, path: InterceptPath): Record<string, unknown> | undefined {
+function warmHeadline(w: WarmSection, path: BenchPath): Record<string, unknown> | undefined {
   const a = warmPick(w, 'agent', 'keep-alive', 64, path);
   const b = warmPick(w, 'baseline', 'keep-alive', 64, path);
   const a1 = warmPick(w, 'agent', 'keep-alive', 1, path);
@@ -123,13 +124,16 @@ function warmHeadline(w: WarmSection, path: InterceptPath): Record<string, unkno
 
 /**
  * The headline figures, shaped as issue 4 asks (64-connection keep-alive figures for `warm`, through the DNAT);
- * the same for the other paths as `warm_ebpf` / `warm_auto` and `first_credential_ebpf` / `first_credential_auto`.
+ * the same for the other paths as `warm_ebpf` / `warm_auto` / `warm_token` and `first_credential_ebpf` /
+ * `first_credential_auto` / `first_credential_token` (the token path also with `token_reviews`: the TokenReviews
+ * its warm runs caused, 0 when every answer came from the cache).
  */
 export function headline(s: Sections): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (s.warm) {
     for (const path of pathsIn(s.warm.runs)) {
       const h = warmHeadline(s.warm, path);
+      if (h && isTokenPath(path)) h.token_reviews = tokenReviews(s.warm);
       if (h) out[path === 'iptables' ? 'warm' : `warm_${path}`] = h;
     }
   }
@@ -148,12 +152,18 @@ export function headline(s: Sections): Record<string, unknown> {
   return out;
 }
 
+/** TokenReviews during the token path's warm runs of the agent (null: none recorded). */
+export function tokenReviews(w: WarmSection): number | null {
+  const counted = w.runs.filter((r) => isTokenPath(pathOf(r)) && r.token_reviews !== undefined);
+  return counted.length ? counted.reduce((n, r) => n + (r.token_reviews ?? 0), 0) : null;
+}
+
 export function targets(s: Sections): Target[] {
   const t: Target[] = [];
   const w = s.warm;
   if (w) {
     for (const path of pathsIn(w.runs)) {
-      const via = PATH_LABEL[path];
+      const via = pathLabel(path);
       const a = warmPick(w, 'agent', 'keep-alive', 64, path);
       const b = warmPick(w, 'baseline', 'keep-alive', 64, path);
       if (a && b) {
@@ -167,12 +177,14 @@ export function targets(s: Sections): Target[] {
     }
     const errors = w.runs.filter((r) => r.server === 'agent').reduce((n, r) => n + r.errors, 0);
     t.push({ what: 'warm: non-200 answers and socket errors (agent, all runs)', value: String(errors), target: '0', pass: errors === 0 });
+    const reviews = tokenReviews(w);
+    if (reviews !== null) t.push({ what: 'warm, token: TokenReviews during the runs (every token reviewed once before)', value: String(reviews), target: '0 (cached)', pass: reviews === 0 });
   }
   for (const path of pathsIn(s.first?.variants ?? [])) {
     const after1s = s.first?.variants.find((v) => v.delay_ms === 1000 && pathOf(v) === path);
     if (after1s) {
       t.push({
-        what: `new pod's first credential, request after 1 s, p99, ${PATH_LABEL[path]}`,
+        what: `new pod's first credential, request after 1 s, p99, ${pathLabel(path)}`,
         value: `${f(after1s.p99_ms)} ms (${after1s.ok}/${after1s.pods} ok)`,
         target: '≤ 20 ms, all ok',
         pass: after1s.p99_ms <= 20 && after1s.ok === after1s.pods,
@@ -212,9 +224,9 @@ export function targets(s: Sections): Target[] {
 
 export function markdown(s: Sections, meta: Record<string, unknown>): string {
   const L: string[] = [];
-  const m = meta as { date: string; quick: boolean; intercept?: InterceptPath[]; machine: { cpus: number; cpu_model: string; node: string; kernel: string; commit: string; dirty_files: number; loadavg_start: number[]; loadavg_end?: number[] }; agent_log_level: string; command: string; agent_node?: string; agent_command?: string };
+  const m = meta as { date: string; quick: boolean; intercept?: InterceptPath[]; token?: boolean; token_link?: string; pinned?: { agent?: string; load?: string }; machine: { cpus: number; cpu_model: string; node: string; kernel: string; commit: string; dirty_files: number; loadavg_start: number[]; loadavg_end?: number[] }; agent_log_level: string; command: string; agent_node?: string; agent_command?: string };
   L.push(`# kiam benchmark${m.quick ? ' (quick run: short durations, not for BENCHMARKS.md)' : ''}`, '');
-  L.push(`${m.date} · \`${m.command}\` · ${m.machine.cpus} × ${m.machine.cpu_model} · bench on Node ${m.machine.node} · Linux ${m.machine.kernel} · commit ${m.machine.commit}${m.machine.dirty_files ? ` (+${m.machine.dirty_files} uncommitted files)` : ''} · load average at start ${m.machine.loadavg_start.map((x) => x.toFixed(2)).join(' ')}${m.machine.loadavg_end ? `, at end ${m.machine.loadavg_end.map((x) => x.toFixed(2)).join(' ')}` : ''} · agent on Node ${m.agent_node ?? m.machine.node}: production bundle (\`${(m.agent_command ?? 'node bin/kiam.mjs agent').split(' agent ')[0]} agent …\`), log level ${m.agent_log_level}${m.intercept ? ` · interception paths: ${m.intercept.map((p) => PATH_LABEL[p]).join(', ')} (sts, footprint and api: DNAT)` : ''}`, '');
+  L.push(`${m.date} · \`${m.command}\` · ${m.machine.cpus} × ${m.machine.cpu_model} · bench on Node ${m.machine.node} · Linux ${m.machine.kernel} · commit ${m.machine.commit}${m.machine.dirty_files ? ` (+${m.machine.dirty_files} uncommitted files)` : ''} · load average at start ${m.machine.loadavg_start.map((x) => x.toFixed(2)).join(' ')}${m.machine.loadavg_end ? `, at end ${m.machine.loadavg_end.map((x) => x.toFixed(2)).join(' ')}` : ''} · agent on Node ${m.agent_node ?? m.machine.node}: production bundle (\`${(m.agent_command ?? 'node bin/kiam.mjs agent').split(' agent ')[0]} agent …\`), log level ${m.agent_log_level}${m.intercept ? ` · interception paths: ${m.intercept.map((p) => pathLabel(p)).join(', ')} (sts, footprint and api: DNAT)` : ''}${m.token ? ` · token path: ${CONTAINER_CREDENTIALS.host}:${CONTAINER_CREDENTIALS.port} by service-account token (warm and first${m.token_link ? `; link ${m.token_link}` : ''})` : ''}${m.pinned && (m.pinned.agent || m.pinned.load) ? ` · pinned: agent and baselines on CPUs ${m.pinned.agent ?? 'any'}, load generators on CPUs ${m.pinned.load ?? 'any'}` : ''}`, '');
   const tg = targets(s);
   if (tg.length) {
     L.push('## Targets', '', '| figure | measured | target | |', '|---|---|---|---|');
@@ -224,10 +236,13 @@ export function markdown(s: Sections, meta: Record<string, unknown>): string {
   if (s.warm) {
     const paths = pathsIn(s.warm.runs);
     const rounds = Math.max(1, ...s.warm.runs.map((r) => r.round ?? 1));
-    L.push(`## 1. Warm credential requests (through the ${paths.map((p) => PATH_LABEL[p]).join(' / ')}, 64 source pods of 110 indexed, 50 roles)`, '');
+    L.push(`## 1. Warm credential requests (through the ${paths.map((p) => pathLabel(p)).join(' / ')}, 64 source pods of 110 indexed, 50 roles)`, '');
     L.push(
       `Document: ${s.warm.document_bytes} bytes. Baseline: bare \`node:http\` serving the agent's own bytes and headers on the same host IP, behind the same interception (each row's ×baseline is against the baseline of its own path). ` +
         'Two generator processes in two pod namespaces split the connections; their CPU (% of one core) shows whether they were the bound, and their CPU per request includes their side of the network stack (with the DNAT: conntrack and NAT for the packets they send).' +
+        (paths.some(isTokenPath)
+          ? ` Token path: GET ${CONTAINER_CREDENTIALS.path} on ${CONTAINER_CREDENTIALS.host}:${CONTAINER_CREDENTIALS.port} with each source pod's service-account token in the Authorization header, no interception; its document: ${s.warm.token_document_bytes ?? '—'} bytes; its baseline serves those bytes on the same address (another port); every token reviewed once before its run, so the rows measure the TokenReview cache (TokenReviews during the runs: ${tokenReviews(s.warm) ?? '—'}).`
+          : '') +
         (rounds > 1 ? ` Every variant ran in ${rounds} rounds (all variants once per round); each row is the round with the median req/s, and the range gives every round's.` : ''),
       '',
     );
@@ -240,7 +255,7 @@ export function markdown(s: Sections, meta: Record<string, unknown>): string {
       const vs = (x: number, y: number) => (r.server === 'agent' && b ? f(x / y, 2) : '');
       const range = roundsOf(s.warm, r);
       L.push(
-        `| ${r.mode} | ${r.connections} | ${PATH_LABEL[pathOf(r)]} | ${r.server} | ${f(r.rps, 0)} |${rounds > 1 ? ` ${f(range[0], 0)}–${f(range.at(-1), 0)} |` : ''} ${vs(r.rps, b?.rps ?? NaN)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${vs(r.p99_ms, b?.p99_ms ?? NaN)} | ${f(r.p999_ms, 3)} | ` +
+        `| ${r.mode} | ${r.connections} | ${pathLabel(pathOf(r))} | ${r.server} | ${f(r.rps, 0)} |${rounds > 1 ? ` ${f(range[0], 0)}–${f(range.at(-1), 0)} |` : ''} ${vs(r.rps, b?.rps ?? NaN)} | ${f(r.p50_ms, 3)} | ${f(r.p99_ms, 3)} | ${vs(r.p99_ms, b?.p99_ms ?? NaN)} | ${f(r.p999_ms, 3)} | ` +
           `${f(r.server_cpu_us_per_req)} | ${vs(r.server_cpu_us_per_req, b?.server_cpu_us_per_req ?? NaN)} | ${r.errors} | ${r.generators.map((g) => `${f(g.cpu_pct, 0)} %`).join(' + ')} | ${f(generatorCpuUsPerReq(r))} |`,
       );
     }
@@ -248,11 +263,13 @@ export function markdown(s: Sections, meta: Record<string, unknown>): string {
     for (const path of paths.filter((p) => p !== 'iptables')) {
       const rows = comparePaths(s.warm, path);
       if (rows.length === 0) continue;
-      const via = PATH_LABEL[path];
+      const via = pathLabel(path);
       L.push(
-        `### ${via} against the DNAT (same run, same variant; × = ${via} / DNAT)`,
+        `### ${isTokenPath(path) ? 'The token path' : via} against the DNAT (same run, same variant; × = ${via} / DNAT)`,
         '',
-        "Node conntrack entries: what the node namespace's conntrack table held right after the run, emptied before it (warm-up included): one per connection the DNAT rewrote (a reused source port reuses its entry); on the eBPF path, with no NAT rule left on this node, conntrack tracks nothing.",
+        isTokenPath(path)
+          ? "The same connections and source pods asking the container-credentials listener by token instead of the metadata address through the DNAT (agent rows: the agent's cost of each; baseline rows: the two routes' cost with a bare server). Node conntrack entries: with no kiam rule in the node during the token path's runs, conntrack tracks nothing."
+          : "Node conntrack entries: what the node namespace's conntrack table held right after the run, emptied before it (warm-up included): one per connection the DNAT rewrote (a reused source port reuses its entry); on the eBPF path, with no NAT rule left on this node, conntrack tracks nothing.",
         '',
       );
       L.push(
@@ -269,10 +286,14 @@ export function markdown(s: Sections, meta: Record<string, unknown>): string {
     }
   }
   if (s.first) {
-    L.push(`## 2. A new pod's first credentials (STS answers after ${s.first.sts_delay_ms} ms; token PUT + listing + document, new connection each)`, '');
+    const byToken = s.first.variants.some((v) => isTokenPath(pathOf(v)));
+    L.push(
+      `## 2. A new pod's first credentials (STS answers after ${s.first.sts_delay_ms} ms; token PUT + listing + document, new connection each${byToken ? `; token path: the pod created, a token issued for it, then GET ${CONTAINER_CREDENTIALS.path} with it on a new connection until the first 200` : ''})`,
+      '',
+    );
     L.push('| path | first request | pods | ok | p50 ms | p99 ms | max ms |', '|---|---|---:|---:|---:|---:|---:|');
     for (const v of s.first.variants) {
-      L.push(`| ${PATH_LABEL[pathOf(v)]} | ${v.delay_ms ? `${v.delay_ms} ms after the pod appeared` : 'immediately'} | ${v.pods} | ${v.ok} | ${f(v.p50_ms)} | ${f(v.p99_ms)} | ${f(v.max_ms)} |`);
+      L.push(`| ${pathLabel(pathOf(v))} | ${v.delay_ms ? `${v.delay_ms} ms after the pod appeared` : 'immediately'} | ${v.pods} | ${v.ok} | ${f(v.p50_ms)} | ${f(v.p99_ms)} | ${f(v.max_ms)} |`);
     }
     L.push('');
   }

@@ -12,11 +12,12 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DEFAULTS } from '../src/config.ts';
 import { REPO } from '../test/e2e/harness.ts';
-import { Sandbox } from '../test/e2e/sandbox.ts';
+import { findBinary, Sandbox } from '../test/e2e/sandbox.ts';
 import { apiSection } from './api.ts';
 import { firstSection } from './first.ts';
 import { footprintSection } from './footprint.ts';
 import { DEFAULT_PATHS, interceptArgs, parsePaths, PATH_LABEL, usesEbpf, type InterceptPath } from './lib/intercept.ts';
+import { AGENT_TOKEN_ARGS } from './lib/token-path.ts';
 import { headline, markdown, targets, type Sections } from './report.ts';
 import { stsSection } from './sts.ts';
 import { warmSection } from './warm.ts';
@@ -34,9 +35,11 @@ real interception, against the production bundle (it runs \`node scripts/build.m
 Sections:
   warm       warm credential requests vs a bare node:http baseline behind the same interception, for each path
              of --intercept: keep-alive and new connections, 1/16/64 connections, req/s, p50/p99/p99.9, server
-             and generator CPU per request
+             and generator CPU per request; then the token path with the same connections (GET /v1/credentials
+             on 169.254.170.23 with each pod's service-account token, every token reviewed once before its run)
   first      a new pod's first credentials (STS answers after 500 ms), for each path of --intercept: request 1 s
-             after the pod appears, and immediately; full IMDSv2 flow
+             after the pod appears, and immediately; full IMDSv2 flow; then by token (pod created, token issued,
+             GET /v1/credentials with it until the first 200)
   sts        AssumeRole calls for 200 pods of one role appearing at once, then one refresh cycle (~75 s each)
   footprint  RSS and idle CPU with 110 pods, then after 10 minutes of mixed load with pod churn
   api        objects and bytes from the API server for a 20,000-pod cluster: the agent vs a cluster-wide watch
@@ -51,12 +54,18 @@ Options:
                   comma-separated paths for warm and first: iptables, ebpf, auto (default: ${DEFAULT_PATHS.join(',')})
   --rounds <n>    run the warm section's whole sequence n times and report each variant's median round
                   (default 1; on a shared machine, 3 keeps one noisy minute from deciding a comparison)
+  --no-token      skip the token path's rows in warm and first (the agent then runs without
+                  --container-credentials, as before issue 10)
   --quick         short durations for development (results in bench/quick-run.*)
   --out <file>    where to write the JSON summary (the .md goes beside it)
   --no-build      do not run the production build first
   --node <path>   the Node binary that runs the agent (default: this one); the V8 flags always come from the
                   Dockerfile's ENTRYPOINT, so the agent runs as the image runs it
   -h, --help      this help
+
+Environment: KIAM_BENCH_AGENT_CPUS and KIAM_BENCH_LOAD_CPUS (taskset CPU lists, e.g. 1 and 0) pin the agent and
+the baseline servers, and the load generators and pod clients, to separate CPUs; unset (the default), nothing is
+pinned.
 
 Full run: about 20 minutes. Don't run it on a busy machine: the figures are ratios against a baseline of the
 same run, but the load generators and the servers share the same cores.`;
@@ -67,6 +76,8 @@ function fail(msg: string): never {
 }
 
 const LOCK = '/run/kiam-bench.pid';
+/** A taskset CPU list: numbers and ranges, comma-separated. */
+const CPU_LIST = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
 
 /** One bench at a time: a second run would sweep the first one's namespaces (same fixed prefix). */
 function takeLock(): void {
@@ -125,6 +136,7 @@ async function main(): Promise<number> {
         quick: { type: 'boolean', default: false },
         out: { type: 'string' },
         'no-build': { type: 'boolean', default: false },
+        'no-token': { type: 'boolean', default: false },
         node: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -152,6 +164,12 @@ async function main(): Promise<number> {
   const rounds = values.rounds === undefined ? 1 : Number(values.rounds);
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) fail(`--rounds: "${values.rounds}" is not a whole number from 1 to 20`);
   const quick = values.quick;
+  const token = !values['no-token'];
+  for (const name of ['KIAM_BENCH_AGENT_CPUS', 'KIAM_BENCH_LOAD_CPUS']) {
+    const v = process.env[name];
+    if (v && !CPU_LIST.test(v)) fail(`${name}: "${v}" is not a taskset CPU list (e.g. 1, 0,2 or 2-3)`);
+    if (v && !findBinary('taskset')) fail(`${name} needs taskset (util-linux)`);
+  }
   let agentRuntime;
   try {
     agentRuntime = configureRuntime(REPO, values.node);
@@ -164,7 +182,7 @@ async function main(): Promise<number> {
   takeLock();
   process.env.AWS_EC2_METADATA_DISABLED = 'true'; // nothing here uses the AWS SDK; the agent gets it from its env too
   const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-  const partial = only.length < SECTIONS.length || DEFAULT_PATHS.some((p) => !paths.includes(p));
+  const partial = only.length < SECTIONS.length || DEFAULT_PATHS.some((p) => !paths.includes(p)) || !token;
   const outJson = values.out ?? join(REPO, 'bench', quick ? 'quick-run.json' : partial ? 'partial-run.json' : 'last-run.json');
   const outMd = outJson.replace(/\.json$/, '') + '.md';
 
@@ -179,9 +197,14 @@ async function main(): Promise<number> {
     sections: only,
     intercept: paths,
     warm_rounds: rounds,
+    token,
+    ...(process.env.KIAM_BENCH_AGENT_CPUS || process.env.KIAM_BENCH_LOAD_CPUS
+      ? { pinned: { ...(process.env.KIAM_BENCH_AGENT_CPUS ? { agent: process.env.KIAM_BENCH_AGENT_CPUS } : {}), ...(process.env.KIAM_BENCH_LOAD_CPUS ? { load: process.env.KIAM_BENCH_LOAD_CPUS } : {}) } }
+      : {}),
     command: `node --import tsx bench/run.ts${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}`,
     agent_node: agentRuntime.version,
     agent_command: `node${agentRuntime.flags.map((f) => ` ${f}`).join('')} bin/kiam.mjs agent --node-name node-1 --host-ip 10.77.0.1 --port 8181 --kubeconfig … <interception> --role-base-arn … --sts-endpoint … --region eu-west-1`,
+    ...(token ? { agent_token_flags: `${AGENT_TOKEN_ARGS.join(' ')} (warm: the whole section; first: the token path's own agent, --intercept none); link: see token_link` } : {}),
     // The flags of each path (warm: the agent runs with --intercept none and `kiam intercept install` places these).
     interception: Object.fromEntries(
       paths.map((p) => [p, { label: PATH_LABEL[p], flags: interceptArgs(p, { cgroupPath: '<sandbox>/cgroup2/kiambench-pods', bpffsPath: '<sandbox>/bpffs' }).join(' ') }]),
@@ -193,6 +216,9 @@ async function main(): Promise<number> {
   const sections: Sections = {};
   const errors: Record<string, string> = {};
   const world = await createWorld(log, { cgroup: ebpf });
+  if (token && (want('warm') || want('first'))) {
+    meta.token_link = (await world.sb.canCreateAgentLink().catch(() => false)) ? 'kiam-link0 (the agent\'s own link)' : 'none (this kernel makes neither dummy nor ifb links: the address on the node namespace\'s lo)';
+  }
   try {
     const run = async <K extends Section>(name: K, fn: () => Promise<NonNullable<Sections[K & keyof Sections]>>) => {
       if (!want(name)) return;
@@ -208,9 +234,9 @@ async function main(): Promise<number> {
       log(`${name} took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     };
     await run('warm', () =>
-      warmSection(world, { ...(quick ? { warmupMs: 1_000, durationMs: 3_000 } : { warmupMs: 3_000, durationMs: 15_000 }), connections: [1, 16, 64], paths, rounds }, log),
+      warmSection(world, { ...(quick ? { warmupMs: 1_000, durationMs: 3_000 } : { warmupMs: 3_000, durationMs: 15_000 }), connections: [1, 16, 64], paths, rounds, token }, log),
     );
-    await run('first', () => firstSection(world, { ...(quick ? { pods: 10, batch: 5 } : { pods: 40, batch: 10 }), delays: [1_000, 0], paths }, log));
+    await run('first', () => firstSection(world, { ...(quick ? { pods: 10, batch: 5 } : { pods: 40, batch: 10 }), delays: [1_000, 0], paths, token }, log));
     await run('sts', () => stsSection(world, { refresh: true }, log));
     await run('footprint', () => footprintSection(world, quick ? { idleMs: 10_000, loadMs: 20_000 } : { idleMs: 60_000, loadMs: 600_000 }, log));
     await run('api', () => apiSection(world, {}, log));

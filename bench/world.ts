@@ -19,6 +19,8 @@ export const IPS_PER_GENERATOR = 32;
 export interface Source {
   ip: string;
   role: string;
+  /** The pod's name in namespace `bench` (what a token for it is bound to). */
+  name: string;
 }
 
 export interface Generator {
@@ -52,7 +54,7 @@ export async function createWorld(log: (msg: string) => void, opts: { cgroup?: b
       const sources = ips.map((ip) => {
         const i = nodePods.length;
         nodePods.push({ namespace: NAMESPACE, name: `app-${i}`, ip, node: NODE_NAME, role: roleName(i) });
-        return { ip, role: roleName(i) };
+        return { ip, role: roleName(i), name: `app-${i}` };
       });
       return { pod, sources, extra: ips.slice(1) };
     });
@@ -94,6 +96,28 @@ export interface LoadResult {
 }
 
 /**
+ * Where the generators send their requests: by default the metadata address (the interception takes it to a
+ * server); for the token path, a container-credentials listener, each source with its pod's token.
+ */
+export interface LoadTarget {
+  host: string;
+  port: number;
+  protocol: NonNullable<GenConfig['protocol']>;
+  /** Source pod name → its token (container-credentials). */
+  tokens?: ReadonlyMap<string, string>;
+}
+
+const IMDS_TARGET: LoadTarget = { host: '169.254.169.254', port: 80, protocol: 'imds' };
+
+/** The sources a generator's config carries for a target: {ip, role}, plus the pod's token on the token path. */
+export function targetSources(sources: readonly Source[], target: LoadTarget): GenConfig['sources'] {
+  return sources.map(({ ip, role, name }) => {
+    const token = target.tokens?.get(name);
+    return token === undefined ? { ip, role } : { ip, role, token };
+  });
+}
+
+/**
  * Runs the two generators at once, each with its slots (a slot = one connection loop bound to one source IP),
  * warm-up then a measured window; merges their histograms. `during` runs in the bench process over the window
  * (server CPU sampling).
@@ -103,13 +127,22 @@ export async function runGenerators(
   slots: [GenConfig['slots'], GenConfig['slots']],
   opts: { warmupMs: number; durationMs: number; startupMs?: number; timeoutMs?: number },
   during?: { atStart?: () => void; atEnd?: () => void },
+  target: LoadTarget = IMDS_TARGET,
 ): Promise<LoadResult> {
   const measureFrom = Date.now() + (opts.startupMs ?? 2_500) + opts.warmupMs;
   const measureTo = measureFrom + opts.durationMs;
   const procs = world.gens.flatMap((g, i) => {
     const s = slots[i as 0 | 1];
     if (s.length === 0) return [];
-    const cfg: GenConfig = { host: '169.254.169.254', port: 80, sources: g.sources, slots: s, measureFrom, measureTo };
+    const cfg: GenConfig = {
+      host: target.host,
+      port: target.port,
+      ...(target.protocol === 'imds' ? {} : { protocol: target.protocol }),
+      sources: targetSources(g.sources, target),
+      slots: s,
+      measureFrom,
+      measureTo,
+    };
     return [{ slots: s.length, proc: world.node.spawnInPod(g.pod, 'bench/loadgen.ts', [JSON.stringify(cfg)]) }];
   });
   const timers: NodeJS.Timeout[] = [];
@@ -167,6 +200,11 @@ export async function runGenerators(
     for (const t of timers) clearTimeout(t);
     await Promise.all(procs.map(({ proc }) => proc.stop(2_000)));
   }
+}
+
+/** The sources each generator's slots use (by index into its sources), e.g. to give only those a token. */
+export function usedSources(world: Pick<World, 'gens'>, slots: [GenConfig['slots'], GenConfig['slots']]): Source[] {
+  return world.gens.flatMap((g, i) => [...new Set(slots[i as 0 | 1].map((s) => s.source))].sort((a, b) => a - b).map((k) => g.sources[k]!));
 }
 
 /** Splits n connection loops over the two generators (1 → one process), each on its own source IP. */
