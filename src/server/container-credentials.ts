@@ -45,14 +45,15 @@ export const CONTAINER_CREDENTIALS_PATH = '/v1/credentials';
  * What TokenIdentity.identify() answers (src/identity/token-identity.ts, TokenVerdict), as this server reads it:
  * the pod and the policy's answer for it, or why not.
  */
-export type TokenAnswer =
+export type TokenAnswer = (
   | { kind: 'ok'; pod: { uid: string; name: string; namespace: string }; lookup: Lookup }
   /** code: malformed, expired, wrong-audience, invalid (a metric label). */
   | { kind: 'unauthenticated'; reason: string; code?: string }
   /** code: other-node, pod-not-found, pod-not-live, uid-mismatch, no-pod-claim. */
   | { kind: 'forbidden'; code: string; reason: string }
   /** code: review-failed, rate-limited, pod-lookup-failed, service-account-failed, aborted. */
-  | { kind: 'unavailable'; reason: string; code?: string };
+  | { kind: 'unavailable'; reason: string; code?: string }
+) & { /** How the token is named in logs (tokenId()), when the identity already computed it. */ tokenId?: string };
 
 export interface TokenIdentityPort {
   /** Never throws for a bad token (a verdict says so); may throw on a bug, which is answered 503. */
@@ -210,19 +211,21 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
       res.off('close', onClose);
     }
     if (res.destroyed) return;
+    // TokenIdentity names the token already (the hash it keys its cache by); hashing again costs a few µs a request.
+    const id = verdict.tokenId ?? tokenId(token);
 
     switch (verdict.kind) {
       case 'unauthenticated':
-        return refuse(res, 401, verdict.code ?? 'unauthenticated', `${ip}\0${tokenId(token)}`, { ip, token: tokenId(token), detail: verdict.reason });
+        return refuse(res, 401, verdict.code ?? 'unauthenticated', `${ip}\0${id}`, { ip, token: id, detail: verdict.reason });
       case 'forbidden':
-        return refuse(res, 403, verdict.code, `${ip}\0${tokenId(token)}`, { ip, token: tokenId(token), detail: verdict.reason });
+        return refuse(res, 403, verdict.code, `${ip}\0${id}`, { ip, token: id, detail: verdict.reason });
       case 'unavailable':
-        return refuse(res, 503, verdict.code ?? 'unavailable', ip, { ip, token: tokenId(token), detail: verdict.reason });
+        return refuse(res, 503, verdict.code ?? 'unavailable', ip, { ip, token: id, detail: verdict.reason });
       case 'ok':
         break;
     }
     const { pod, lookup } = verdict;
-    const who = { ip, pod: pod.name, namespace: pod.namespace, token: tokenId(token) };
+    const who = { ip, pod: pod.name, namespace: pod.namespace, token: id };
     if (lookup.kind === 'no-role') return refuse(res, 403, 'no-role', pod.uid, who);
     if (lookup.kind === 'denied') return refuse(res, 403, lookup.code, pod.uid, { ...who, role: lookup.role, detail: lookup.reason });
     if (lookup.kind !== 'role') return refuse(res, 403, 'pod-not-found', pod.uid, { ...who, detail: `lookup answered ${lookup.kind}` });
