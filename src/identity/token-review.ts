@@ -11,9 +11,9 @@
  * for every request (a TCP and TLS handshake per review), and a cold pod's first credential waits on this call.
  * Here one keep-alive agent carries every review.
  */
-import http from 'node:http';
 import https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeHttpError, kubeRequestJson } from '../resolver/kube.ts';
 
 /** What a TokenReview said. */
 export interface TokenReviewResult {
@@ -121,47 +121,13 @@ export class KubeTokenReviewer implements TokenReviewer {
   }
 
   private async post(path: string, body: string, signal: AbortSignal): Promise<unknown> {
-    const { kubeConfig } = this.options;
-    const cluster = kubeConfig.getCurrentCluster();
-    if (!cluster) throw new TokenReviewError('kubeconfig has no current cluster');
-    const url = new URL(cluster.server.replace(/\/+$/, '') + path);
-    const options: https.RequestOptions = {
-      method: 'POST',
-      headers: { Accept: 'application/json', 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) },
-    };
-    await kubeConfig.applyToHTTPSOptions(options);
-    // applyToHTTPSOptions makes a new agent for each call; ours pools connections (keyed by the TLS options set above).
-    // A proxy's agent is left as it is.
-    if (!cluster.proxyUrl && url.protocol === 'https:') options.agent = this.agent;
-    options.signal = signal;
-    const transport = url.protocol === 'http:' ? http : https;
-    return new Promise((resolve, reject) => {
-      const req = transport.request(url, options, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', reject);
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          if (res.statusCode !== 200 && res.statusCode !== 201) {
-            let message = text.slice(0, 200);
-            try {
-              message = (JSON.parse(text) as { message?: string }).message ?? message;
-            } catch {
-              // keep the raw text
-            }
-            reject(new TokenReviewError(`POST ${url.pathname}: HTTP ${res.statusCode}: ${message}`, res.statusCode));
-            return;
-          }
-          try {
-            resolve(JSON.parse(text));
-          } catch (err) {
-            reject(new TokenReviewError(`POST ${url.pathname}: invalid JSON: ${err instanceof Error ? err.message : String(err)}`));
-          }
-        });
-      });
-      req.on('error', (err) => reject(signal.aborted ? new TokenReviewError(`POST ${url.pathname}: ${abortText(signal)}`) : err));
-      req.end(body);
-    });
+    try {
+      return await kubeRequestJson(this.options.kubeConfig, { method: 'POST', path, body, signal, agent: this.agent });
+    } catch (err) {
+      if (err instanceof KubeHttpError) throw new TokenReviewError(err.message, err.statusCode);
+      if (signal.aborted) throw new TokenReviewError(`POST ${path}: ${abortText(signal)}`);
+      throw err;
+    }
   }
 }
 

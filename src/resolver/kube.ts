@@ -101,12 +101,34 @@ export function fieldValue(value: string): string {
 }
 
 /** GET path on the current cluster; resolves the parsed JSON body of a 200, rejects otherwise. */
-export async function kubeGetJson(kc: KubeConfig, path: string, signal?: AbortSignal): Promise<unknown> {
+export function kubeGetJson(kc: KubeConfig, path: string, signal?: AbortSignal): Promise<unknown> {
+  return kubeRequestJson(kc, { method: 'GET', path, signal });
+}
+
+export interface KubeRequest {
+  method: 'GET' | 'POST';
+  path: string;
+  /** JSON text (POST). */
+  body?: string;
+  signal?: AbortSignal;
+  /** A connection pool for https (applyToHTTPSOptions makes a new agent for every call); not used behind a proxy. */
+  agent?: https.Agent;
+}
+
+/**
+ * One request on the current cluster with the kubeconfig's credentials; resolves the parsed JSON body of a 200 (or
+ * 201), rejects with KubeHttpError for another status, or with the transport's error.
+ */
+export async function kubeRequestJson(kc: KubeConfig, request: KubeRequest): Promise<unknown> {
+  const { method, path, body, signal, agent } = request;
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error('kubeconfig has no current cluster');
   const url = new URL(cluster.server.replace(/\/+$/, '') + path);
-  const options: https.RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (body !== undefined) Object.assign(headers, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) });
+  const options: https.RequestOptions = { method, headers };
   await kc.applyToHTTPSOptions(options);
+  if (agent && !cluster.proxyUrl && url.protocol === 'https:') options.agent = agent;
   if (signal) options.signal = signal;
   const transport = url.protocol === 'http:' ? http : https;
   return new Promise((resolve, reject) => {
@@ -115,26 +137,26 @@ export async function kubeGetJson(kc: KubeConfig, path: string, signal?: AbortSi
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('error', reject);
       res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        if (res.statusCode !== 200) {
-          let message = body.slice(0, 200);
+        const text = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode !== 200 && res.statusCode !== 201) {
+          let message = text.slice(0, 200);
           try {
-            message = (JSON.parse(body) as { message?: string }).message ?? message;
+            message = (JSON.parse(text) as { message?: string }).message ?? message;
           } catch {
             // keep the raw text
           }
-          reject(new KubeHttpError(res.statusCode ?? 0, `GET ${url.pathname}: HTTP ${res.statusCode}: ${message}`));
+          reject(new KubeHttpError(res.statusCode ?? 0, `${method} ${url.pathname}: HTTP ${res.statusCode}: ${message}`));
           return;
         }
         try {
-          resolve(JSON.parse(body));
+          resolve(JSON.parse(text));
         } catch (err) {
-          reject(new Error(`GET ${url.pathname}: invalid JSON: ${err instanceof Error ? err.message : String(err)}`));
+          reject(new Error(`${method} ${url.pathname}: invalid JSON: ${err instanceof Error ? err.message : String(err)}`));
         }
       });
     });
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 

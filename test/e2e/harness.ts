@@ -387,16 +387,7 @@ export async function podHttp(sb: Sandbox, pod: Pod, path: string, opts: { metho
   for (const [k, v] of Object.entries(opts.headers ?? {})) args.push('-H', `${k}: ${v}`);
   args.push(`http://169.254.169.254${path}`);
   const r = await sb.exec(pod.ns, args, { env: podEnv(sb), timeoutMs: 10_000 });
-  const cut = r.stdout.lastIndexOf('\n');
-  const raw = r.stdout.slice(0, Math.max(cut, 0));
-  const split = raw.indexOf('\r\n\r\n');
-  const head = split < 0 ? raw : raw.slice(0, split);
-  const headers: Record<string, string> = {};
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  return { status: Number(r.stdout.slice(cut + 1)) || 0, headers, body: split < 0 ? '' : raw.slice(split + 4), curlCode: r.code ?? -1 };
+  return parseCurlI(r.stdout, r.code);
 }
 
 /** The IMDSv2 flow with curl: token, role listing, document. */
