@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, rawErrorResponse, type ClientLimits } from './fairness.ts';
+import { listenServer } from './listen.ts';
 import { classify } from './paths.ts';
 import type { CredentialProvider, IdentityLookup } from './ports.ts';
 import { CREDENTIALS_PATH, createIamHandler } from './routes/credentials.ts';
@@ -337,13 +338,7 @@ export async function listenOn(app: FastifyInstance, hosts: readonly string[], p
   try {
     for (const host of rest) {
       const server = binding.extraServer();
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host, port: bound }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      }).catch((err: unknown) => {
+      await listenServer(server, host, bound).catch((err: unknown) => {
         throw listenError(host, bound, err);
       });
       binding.extras.add(server);

@@ -6,6 +6,7 @@ import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, rawErrorResponse, type ClientLimits, type RefusalStyle } from './fairness.ts';
 import type { CredentialProvider, Credentials, Lookup, RoleIdentity } from './ports.ts';
+import { listenServer } from './listen.ts';
 import { OnceSet, isoSeconds, reasonPhrase } from './routes/respond.ts';
 
 /**
@@ -311,13 +312,7 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
       for (const raw of hosts) {
         const host = raw.startsWith('[') && raw.endsWith(']') ? raw.slice(1, -1) : raw;
         const server = makeServer();
-        await new Promise<void>((resolve, reject) => {
-          server.once('error', reject);
-          server.listen({ host, port: at }, () => {
-            server.off('error', reject);
-            resolve();
-          });
-        }).catch((err: unknown) => {
+        await listenServer(server, host, at).catch((err: unknown) => {
           throw listenError(host, at, err);
         });
         servers.add(server);
