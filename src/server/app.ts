@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, rawErrorResponse, type ClientLimits } from './fairness.ts';
+import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, type ClientLimits } from './fairness.ts';
 import { listenServer } from './listen.ts';
 import { classify } from './paths.ts';
 import type { CredentialProvider, IdentityLookup } from './ports.ts';
@@ -247,17 +247,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     res.destroy();
   }
 
-  /** Malformed HTTP, headers too large (431) or too slow (408): a terse answer straight on the socket, then close. */
+  /** Malformed HTTP, headers too large (431) or too slow (408): fairness.ts answers on the socket and closes it. */
   function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy(err);
-      return;
-    }
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    if (status !== 400) limits.refused(status === 431 ? 'header-size' : 'header-timeout', peerAddress(socket.remoteAddress));
-    socket.end(rawErrorResponse(status));
-    // Closed once written, whatever the client does (a half-open socket would let it dribble on).
-    socket.destroySoon();
+    limits.clientError(err, socket);
   }
 
   const foreignSeen = new OnceSet(1000);

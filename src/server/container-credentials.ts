@@ -4,7 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, rawErrorResponse, type ClientLimits, type RefusalStyle } from './fairness.ts';
+import { DEFAULT_CLIENT_LIMITS, SourceLimits, peerAddress, type ClientLimits, type RefusalStyle } from './fairness.ts';
 import type { CredentialProvider, Credentials, Lookup, RoleIdentity } from './ports.ts';
 import { listenServer } from './listen.ts';
 import { OnceSet, isoSeconds, reasonPhrase } from './routes/respond.ts';
@@ -285,17 +285,10 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
     }
   }
 
-  /** Malformed HTTP, headers too large (431) or too slow (408): a terse answer straight on the socket, then close. */
+  /** Malformed HTTP, headers too large (431) or too slow (408): fairness.ts answers on the socket (JSON) and closes it. */
   function onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy(err);
-      return;
-    }
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    if (status !== 400) limits.refused(status === 431 ? 'header-size' : 'header-timeout', peerAddress(socket.remoteAddress));
-    requests.inc({ code: String(status) });
-    socket.end(rawErrorResponse(status, '', REFUSALS));
-    socket.destroySoon();
+    const status = limits.clientError(err, socket);
+    if (status !== undefined) requests.inc({ code: String(status) });
   }
 
   function makeServer(): http.Server {

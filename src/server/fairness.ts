@@ -106,6 +106,7 @@ export class SourceLimits {
   private readonly sources = new Map<string, Source>();
   private readonly warned = new OnceSet(1000);
   private readonly burst: number;
+  private readonly style: RefusalStyle;
   private readonly tooManyConnections: string;
   private readonly page: string;
   private readonly pageHeaders: string[];
@@ -123,6 +124,7 @@ export class SourceLimits {
     if (limits.idleTimeoutMs <= 0) throw new Error('client limits: idleTimeoutMs must be > 0');
     this.burst = Math.max(1, limits.maxRequestsPerSecond * BURST_SECONDS);
     const style = deps.refusals ?? IMDS_REFUSALS;
+    this.style = style;
     this.tooManyConnections = rawErrorResponse(429, 'Retry-After: 1\r\n', style);
     this.page = style.body(429);
     this.pageHeaders = [...(style.server ? ['server', style.server] : []), 'content-type', style.contentType, 'content-length', String(Buffer.byteLength(this.page))];
@@ -192,6 +194,23 @@ export class SourceLimits {
     res.end(this.page);
     this.rateLimited();
     return false;
+  }
+
+  /**
+   * node:http's clientError: malformed HTTP (400), headers too large (431) or too slow (408) get a terse answer
+   * straight on the socket, which is then closed once written, whatever the client does (a half-open socket would
+   * let it dribble on). Returns the status answered, undefined when the socket was only destroyed.
+   */
+  clientError(err: NodeJS.ErrnoException, socket: Socket): number | undefined {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy(err);
+      return undefined;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    if (status !== 400) this.refused(status === 431 ? 'header-size' : 'header-timeout', peerAddress(socket.remoteAddress));
+    socket.end(rawErrorResponse(status, '', this.style));
+    socket.destroySoon();
+    return status;
   }
 
   /** Count and log a refusal (also called for the header limits, which node:http detects). */
