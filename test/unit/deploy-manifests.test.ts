@@ -8,14 +8,18 @@
  */
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { isIP } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { parseCommandLine } from '../../src/cli.ts';
 import type { Config } from '../../src/config.ts';
 import { DEFAULT_CGROUP_ROOT, FALLBACK_CGROUP_ROOT, resolveCgroupRoot } from '../../src/netfilter/ebpf/support.ts';
-import { imageUser, kustomize, parseDockerfile, parseYamlObjects, pkg, requireKubectl, ROOT, type K8sObject } from './deploy-support.ts';
+import { certificateProblems, imageUser, issuerProblems, kustomize, parseDockerfile, parseYamlObjects, pkg, requireKubectl, ROOT, type K8sObject } from './deploy-support.ts';
+import { DEFAULTS as AGENT_DEFAULTS } from '../../src/config.ts';
+import { CONTAINER_CREDENTIALS_KEY } from '../../src/webhook/patch.ts';
+import { SHUTDOWN_DELAY_MS } from '../../src/webhook/run.ts';
 
 /** Each overlay and the --host-interface it must give the agent. A new overlay needs a line here. */
 const OVERLAYS: Record<string, string> = {
@@ -39,6 +43,14 @@ const SPECIAL_OVERLAYS = new Set(['cilium-lrp']);
  * runs in the privileged init container only.
  */
 const MEASURED_AGENT_CAPABILITIES = ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'];
+
+/**
+ * The kustomize Component that turns on --container-credentials, and what it adds to the agent's capabilities:
+ * NET_BIND_SERVICE, for port 80 (measured: as root with only the set above, bind(2) to 169.254.170.23:80 fails with
+ * EACCES; deploy/README.md, "Container credentials"). The dummy link and its addresses need NET_ADMIN, already there.
+ */
+const COMPONENT = 'deploy/components/container-credentials';
+const COMPONENT_CAPABILITIES = ['NET_BIND_SERVICE'];
 
 /** What the downward API would give the pod in the test's imaginary node (IPv4 only, as most nodes are). */
 const NODE = { name: 'ip-10-0-1-23.eu-west-1.compute.internal', hostIP: '10.0.1.23', hostIPs: '10.0.1.23' };
@@ -129,6 +141,36 @@ function find<T extends K8sObject>(objects: K8sObject[], kind: string, name: str
   const found = objects.filter((o) => o.kind === kind && o.metadata.name === name);
   assert.equal(found.length, 1, `exactly one ${kind} ${name} (found ${found.length})`);
   return found[0] as T;
+}
+/**
+ * An overlay with the container-credentials component, as an operator's kustomization would use them: a throwaway
+ * kustomization in a temporary directory (kustomize wants relative paths to both), rendered, then removed.
+ */
+function renderWithComponent(overlay: string): K8sObject[] {
+  const key = `${overlay} + ${COMPONENT}`;
+  let objects = renders.get(key);
+  if (objects) return objects;
+  const dir = mkdtempSync(join(tmpdir(), 'kiam-component-'));
+  try {
+    const rel = (path: string) => relative(dir, join(ROOT, path));
+    writeFileSync(
+      join(dir, 'kustomization.yaml'),
+      [
+        'apiVersion: kustomize.config.k8s.io/v1beta1',
+        'kind: Kustomization',
+        'resources:',
+        `  - ${rel(`deploy/overlays/${overlay}`)}`,
+        'components:',
+        `  - ${rel(COMPONENT)}`,
+        '',
+      ].join('\n'),
+    );
+    objects = kustomize(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  renders.set(key, objects);
+  return objects;
 }
 const agentDaemonSet = (objects: K8sObject[]) => find<DaemonSet>(objects, 'DaemonSet', 'kiam');
 const agentContainer = (ds: DaemonSet): Container => {
@@ -268,6 +310,8 @@ function localRedirectPolicyProblems(obj: unknown): string[] {
 /** Custom resources the repository ships, each with its explicit check (the schema walk below skips them). */
 const CUSTOM_RESOURCES: Record<string, (obj: K8sObject) => string[]> = {
   'cilium.io/v2 CiliumLocalRedirectPolicy': localRedirectPolicyProblems,
+  'cert-manager.io/v1 Issuer': issuerProblems,
+  'cert-manager.io/v1 Certificate': certificateProblems,
 };
 
 async function assertValidObjects(objects: K8sObject[], what: string): Promise<void> {
@@ -412,14 +456,17 @@ describe('namespace and RBAC', () => {
     for (const mode of ['enforce', 'audit', 'warn']) assert.equal(ns.metadata.labels?.[`pod-security.kubernetes.io/${mode}`], 'privileged', mode);
   });
 
-  test('the ClusterRole reads pods and namespaces and nothing else', () => {
+  test('the ClusterRole reads pods and namespaces, gets service accounts, creates TokenReviews, and nothing else', () => {
     const role = find<K8sObject & { rules: Array<Record<string, string[]>> }>(objects, 'ClusterRole', 'kiam');
-    assert.equal(role.rules.length, 1);
-    const rule = role.rules[0]!;
-    assert.deepEqual(rule.apiGroups, ['']);
-    assert.deepEqual([...rule.resources!].sort(), ['namespaces', 'pods']);
-    assert.deepEqual([...rule.verbs!].sort(), ['get', 'list', 'watch']);
-    assert.deepEqual(Object.keys(rule).sort(), ['apiGroups', 'resources', 'verbs'], 'no resourceNames or nonResourceURLs');
+    assert.equal(role.rules.length, 3);
+    const [rule, serviceAccounts, tokenReviews] = role.rules;
+    assert.deepEqual(rule!.apiGroups, ['']);
+    assert.deepEqual([...rule!.resources!].sort(), ['namespaces', 'pods']);
+    assert.deepEqual([...rule!.verbs!].sort(), ['get', 'list', 'watch']);
+    // --container-credentials: a pod's service account (its role annotation) and the TokenReview of a pod's token.
+    assert.deepEqual(serviceAccounts, { apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get'] });
+    assert.deepEqual(tokenReviews, { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] });
+    for (const r of role.rules) assert.deepEqual(Object.keys(r).sort(), ['apiGroups', 'resources', 'verbs'], 'no resourceNames or nonResourceURLs');
   });
 
   test('the agent writes nothing to the API (so no events create): no write calls in src/', () => {
@@ -797,6 +844,79 @@ describe('cilium-lrp: Cilium’s Local Redirect Policy instead of kiam’s inter
   });
 });
 
+describe('the container-credentials component (deploy/components/container-credentials)', () => {
+  /** Overlays the component serves: all but cilium-lrp, whose agent is non-root without capabilities. */
+  const overlays = overlayDirs().filter((o) => !SPECIAL_OVERLAYS.has(o));
+  const FLAG = '--container-credentials';
+  /** The agent's configuration as the real parser makes it. */
+  const agentConfig = (objects: K8sObject[]): Config => {
+    const inv = parseContainer(agentContainer(agentDaemonSet(objects)));
+    assert.equal(inv.kind, 'agent', inv.kind === 'exit' ? inv.output : inv.kind);
+    return (inv as Extract<typeof inv, { kind: 'agent' }>).config;
+  };
+
+  test('a kustomize Component (kustomize.config.k8s.io/v1alpha1) with patches only: no resources of its own', () => {
+    const [doc, ...rest] = parseYamlObjects(readFileSync(join(ROOT, COMPONENT, 'kustomization.yaml'), 'utf8'), COMPONENT) as unknown as Array<Record<string, unknown>>;
+    assert.equal(rest.length, 0, 'one document');
+    assert.equal(doc!.apiVersion, 'kustomize.config.k8s.io/v1alpha1');
+    assert.equal(doc!.kind, 'Component');
+    assert.deepEqual(Object.keys(doc!).sort(), ['apiVersion', 'kind', 'patches']);
+  });
+
+  test('without it no overlay turns the mode on or asks for NET_BIND_SERVICE (the base keeps the flag out)', () => {
+    for (const dir of ['deploy', ...overlayDirs().map((o) => `deploy/overlays/${o}`)]) {
+      const c = agentContainer(agentDaemonSet(render(dir)));
+      assert.ok(!c.args?.includes(FLAG), `${dir}: no ${FLAG}`);
+      for (const cap of COMPONENT_CAPABILITIES) assert.ok(!(c.securityContext?.capabilities?.add ?? []).includes(cap), `${dir}: no ${cap}`);
+    }
+    assert.equal(agentConfig(render('deploy/overlays/calico')).containerCredentials, false);
+  });
+
+  for (const name of overlays) {
+    test(`${name} + the component: ${FLAG} and NET_BIND_SERVICE for the agent, and nothing else differs from ${name} alone`, async () => {
+      const objects = renderWithComponent(name);
+      await assertValidObjects(objects, `${name} + ${COMPONENT}`);
+      const alone = render(`deploy/overlays/${name}`);
+      const config = agentConfig(objects);
+      assert.equal(config.containerCredentials, true);
+      // (As JSON, patterns as their source: the test runner cannot carry a linear-engine RegExp in a failure report.)
+      const plain = (c: Config): unknown => JSON.parse(JSON.stringify(c, (_k, v: unknown) => (v instanceof RegExp ? String(v) : v)));
+      assert.deepEqual(plain({ ...config, containerCredentials: false }), plain(agentConfig(alone)), 'every other setting as the overlay gives it');
+      const sc = agentContainer(agentDaemonSet(objects)).securityContext ?? {};
+      assert.deepEqual([...(sc.capabilities?.add ?? [])].sort(), [...MEASURED_AGENT_CAPABILITIES, ...COMPONENT_CAPABILITIES].sort());
+      assert.deepEqual(sc.capabilities?.drop, ['ALL']);
+      assert.equal(sc.runAsUser, 0, 'root: added capabilities reach only a root process');
+      // Take out the flag and the capability (each once, appended): what remains is the overlay, object for object.
+      const reverted = structuredClone(objects);
+      const c = agentContainer(agentDaemonSet(reverted));
+      assert.equal(c.args?.filter((a) => a === FLAG).length, 1);
+      assert.equal(c.args?.at(-1), FLAG, 'appended');
+      c.args!.pop();
+      const add = c.securityContext!.capabilities!.add!;
+      assert.deepEqual(add.slice(-COMPONENT_CAPABILITIES.length), COMPONENT_CAPABILITIES, 'appended');
+      add.splice(-COMPONENT_CAPABILITIES.length);
+      assert.deepEqual(reverted, alone);
+    });
+  }
+
+  test('cilium-lrp + the component: the render fails (its agent is non-root, with no capabilities to add to)', () => {
+    assert.ok(overlayDirs().includes('cilium-lrp'));
+    assert.throws(() => renderWithComponent('cilium-lrp'), /securityContext\/runAsUser/);
+  });
+
+  test('the base points to the component, not to hand edits; deploy/README.md shows its `components:` entry', () => {
+    const base = readFileSync(join(ROOT, 'deploy/base/daemonset.yaml'), 'utf8');
+    assert.ok(base.includes(COMPONENT), `deploy/base/daemonset.yaml names ${COMPONENT}`);
+    assert.doesNotMatch(base, /^\s*#\s*- --container-credentials\s*$/m, 'no commented-out flag to uncomment');
+    assert.doesNotMatch(base, /add NET_BIND_SERVICE to the capabilities/);
+    const readme = readFileSync(join(ROOT, 'deploy/README.md'), 'utf8');
+    const section = /^### Container credentials\n([\s\S]*?)(?=^#{2,3} )/m.exec(readme);
+    assert.ok(section, 'deploy/README.md has a "Container credentials" section');
+    assert.match(section[1]!, /^components:\n\s+- \S*deploy\/components\/container-credentials$/m);
+    for (const cap of COMPONENT_CAPABILITIES) assert.ok(section[1]!.includes(`\`${cap}\``), cap);
+  });
+});
+
 describe('clean-up', () => {
   const objects = render('deploy/cleanup');
 
@@ -847,7 +967,11 @@ describe('clean-up', () => {
 describe('psp.yaml (clusters < 1.25) admits exactly what the DaemonSets ask for', () => {
   const objects = parseYamlObjects(readFileSync(join(ROOT, 'deploy/psp.yaml'), 'utf8'), 'deploy/psp.yaml');
   const psp = find<K8sObject & { spec: Record<string, any> }>(objects, 'PodSecurityPolicy', 'kiam').spec;
-  const daemonSets = [agentDaemonSet(render('deploy/overlays/calico')), find<DaemonSet>(render('deploy/cleanup'), 'DaemonSet', 'kiam-cleanup')];
+  const daemonSets = [
+    agentDaemonSet(render('deploy/overlays/calico')),
+    agentDaemonSet(renderWithComponent('calico')), // NET_BIND_SERVICE, with the container-credentials component
+    find<DaemonSet>(render('deploy/cleanup'), 'DaemonSet', 'kiam-cleanup'),
+  ];
 
   test('privileged init containers, capabilities, escalation, root filesystem, host network and ports, host paths', () => {
     // Privileged: for kiam init and the clean-up's remove. The agent itself is not.
@@ -855,7 +979,7 @@ describe('psp.yaml (clusters < 1.25) admits exactly what the DaemonSets ask for'
     assert.equal(psp.allowPrivilegeEscalation, true);
     assert.equal(psp.defaultAllowPrivilegeEscalation, false, 'containers that do not ask get no escalation');
     assert.deepEqual(psp.requiredDropCapabilities, ['ALL']);
-    assert.deepEqual([...psp.allowedCapabilities].sort(), MEASURED_AGENT_CAPABILITIES, 'exactly the agent’s measured set');
+    assert.deepEqual([...psp.allowedCapabilities].sort(), [...MEASURED_AGENT_CAPABILITIES, ...COMPONENT_CAPABILITIES].sort(), 'exactly the agent’s measured set, and the component’s');
     assert.equal(psp.readOnlyRootFilesystem, true);
     for (const ds of daemonSets) {
       const pod = ds.spec.template.spec;
@@ -891,5 +1015,219 @@ describe('psp.yaml (clusters < 1.25) admits exactly what the DaemonSets ask for'
       const sa = ds.spec.template.spec.serviceAccountName ?? 'default';
       assert.ok(binding.subjects.some((s) => s.kind === 'ServiceAccount' && s.name === sa && s.namespace === ds.metadata.namespace), `${ds.metadata.name} (${sa})`);
     }
+  });
+});
+
+describe('the webhook: deploy/webhook (self-managed CA) and deploy/webhook/cert-manager', () => {
+  interface WebhookConfiguration extends K8sObject {
+    webhooks: Array<{
+      name: string;
+      admissionReviewVersions: string[];
+      clientConfig: { service?: { namespace: string; name: string; path?: string; port?: number }; caBundle?: string; url?: string };
+      rules: Array<Record<string, unknown>>;
+      namespaceSelector?: { matchLabels?: Record<string, string>; matchExpressions?: unknown[] };
+      objectSelector?: { matchLabels?: Record<string, string>; matchExpressions?: Array<{ key: string; operator: string; values?: string[] }> };
+      matchPolicy?: string;
+      failurePolicy?: string;
+      sideEffects?: string;
+      timeoutSeconds?: number;
+      reinvocationPolicy?: string;
+    }>;
+  }
+  interface Deployment extends K8sObject {
+    spec: DaemonSet['spec'] & { replicas?: number; strategy?: { type: string; rollingUpdate?: { maxUnavailable?: number | string; maxSurge?: number | string } } };
+  }
+  type Rules = Array<Record<string, string[]>>;
+  type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  const SELF = 'deploy/webhook';
+  const CM = 'deploy/webhook/cert-manager';
+  const objects = render(SELF);
+  const deployment = find<Deployment>(objects, 'Deployment', 'kiam-webhook');
+  const pod = deployment.spec.template.spec;
+  const c = pod.containers[0]!;
+  const config = find<WebhookConfiguration>(objects, 'MutatingWebhookConfiguration', 'kiam-webhook');
+  const service = find<K8sObject & { spec: { selector: Record<string, string>; ports: Array<{ name?: string; port: number; targetPort: number | string }> } }>(objects, 'Service', 'kiam-webhook');
+  /** The container's args through the real parser, with POD_NAMESPACE as the downward API gives it. */
+  const parse = (ctr: Container, ns = deployment.metadata.namespace!) => {
+    assert.deepEqual(ctr.env, [{ name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } }]);
+    const inv = parseCommandLine(ctr.args ?? [], { POD_NAMESPACE: ns });
+    assert.equal(inv.kind, 'webhook', inv.kind === 'exit' ? inv.output : inv.kind);
+    return (inv as Extract<typeof inv, { kind: 'webhook' }>).options;
+  };
+  const options = parse(c);
+
+  test('both render valid objects (cert-manager’s Issuer and Certificate checked by hand), and the custom checks catch mistakes (a control)', async () => {
+    await assertValidObjects(objects, SELF);
+    await assertValidObjects(render(CM), CM);
+    const cert = find(render(CM), 'Certificate', 'kiam-webhook');
+    assert.deepEqual(certificateProblems(cert), []);
+    const typo = structuredClone(cert) as unknown as { spec: Record<string, unknown> };
+    typo.spec.dnsName = ['x'];
+    typo.spec.usages = ['server-auth'];
+    assert.deepEqual(certificateProblems(typo), ['spec.dnsName: unknown field', 'spec.usages: "server-auth" is not a key usage']);
+    const issuer = find(render(CM), 'Issuer', 'kiam-webhook-ca') as unknown as { spec: Record<string, unknown> };
+    assert.deepEqual(issuerProblems({ ...issuer, spec: { ...issuer.spec, selfSigned: {} } }), ['spec: exactly one of acme, ca, vault, selfSigned, venafi']);
+  });
+
+  test('deploy/webhook renders the webhook alone (the agent’s manifests make its namespace)', () => {
+    assert.deepEqual(objects.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+      'ClusterRole/kiam-webhook',
+      'ClusterRole/kiam-webhook-ca-bundle',
+      'ClusterRoleBinding/kiam-webhook',
+      'ClusterRoleBinding/kiam-webhook-ca-bundle',
+      'Deployment/kiam-webhook',
+      'MutatingWebhookConfiguration/kiam-webhook',
+      'PodDisruptionBudget/kiam-webhook',
+      'Role/kiam-webhook-tls',
+      'RoleBinding/kiam-webhook-tls',
+      'Service/kiam-webhook',
+      'ServiceAccount/kiam-webhook',
+    ]);
+    for (const o of objects.filter((x) => x.metadata.namespace !== undefined)) assert.equal(o.metadata.namespace, find(render('deploy'), 'Namespace', 'kiam').metadata.name);
+  });
+
+  test('the args parse with the real CLI: self-managed TLS in kiam/kiam-webhook-tls for the Service, the agent’s token audience', () => {
+    assert.equal(options.port, 9443);
+    assert.equal(options.namespace, 'kiam');
+    assert.equal(options.tlsCertFile, undefined);
+    assert.equal(options.serviceName, service.metadata.name);
+    assert.equal(options.webhookConfigName, config.metadata.name);
+    assert.equal(options.secretName, 'kiam-webhook-tls');
+    assert.equal(options.tokenAudience, AGENT_DEFAULTS.tokenAudience, 'what the agent asks TokenReviews for');
+    assert.equal(options.ipv6, false);
+    assert.equal(c.image, `kiam:${pkg.version}`);
+  });
+
+  test('two replicas, spread over nodes, one kept through disruptions, none lost during a rollout', () => {
+    assert.equal(deployment.spec.replicas, 2);
+    assert.deepEqual(deployment.spec.strategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 0, maxSurge: 1 } });
+    const pdb = find<K8sObject & { spec: { minAvailable?: number; selector: { matchLabels: Record<string, string> } } }>(objects, 'PodDisruptionBudget', 'kiam-webhook');
+    assert.equal(pdb.spec.minAvailable, 1);
+    assert.deepEqual(pdb.spec.selector.matchLabels, deployment.spec.selector.matchLabels);
+    for (const [k, v] of Object.entries(deployment.spec.selector.matchLabels!)) assert.equal(deployment.spec.template.metadata.labels?.[k], v);
+    const anti = (pod as unknown as { affinity?: { podAntiAffinity?: { preferredDuringSchedulingIgnoredDuringExecution?: Array<{ podAffinityTerm: { topologyKey: string; labelSelector: unknown } }> } } }).affinity;
+    const term = anti?.podAntiAffinity?.preferredDuringSchedulingIgnoredDuringExecution?.[0]?.podAffinityTerm;
+    assert.equal(term?.topologyKey, 'kubernetes.io/hostname');
+    assert.deepEqual(term?.labelSelector, { matchLabels: deployment.spec.selector.matchLabels });
+  });
+
+  test('the Service reaches the pods’ HTTPS port; the webhook configuration calls that Service at /mutate', () => {
+    for (const [k, v] of Object.entries(service.spec.selector)) assert.equal(deployment.spec.template.metadata.labels?.[k], v);
+    const port = service.spec.ports[0]!;
+    assert.equal(portNumber(c, port.targetPort), options.port);
+    const hook = config.webhooks[0]!;
+    assert.equal(config.webhooks.length, 1);
+    assert.deepEqual(hook.clientConfig, { service: { namespace: deployment.metadata.namespace, name: service.metadata.name, path: '/mutate', port: port.port } });
+    assert.equal(hook.clientConfig.caBundle, undefined, 'written by the webhook (self-managed) or cert-manager');
+  });
+
+  test('the webhook configuration: pod CREATE only, opted-in namespaces only, never kiam’s pods, Ignore, 5 s, no side effects, v1', () => {
+    const hook = config.webhooks[0]!;
+    assert.ok(hook.name.split('.').length >= 3, 'a fully qualified name');
+    assert.deepEqual(hook.rules, [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }]);
+    assert.deepEqual(hook.namespaceSelector, { matchLabels: { [CONTAINER_CREDENTIALS_KEY]: 'enabled' } });
+    assert.equal(hook.failurePolicy, 'Ignore');
+    assert.equal(hook.timeoutSeconds, 5);
+    assert.equal(hook.sideEffects, 'None');
+    assert.deepEqual(hook.admissionReviewVersions, ['v1']);
+    assert.equal(hook.reinvocationPolicy, 'Never');
+    assert.equal(hook.matchPolicy, 'Equivalent');
+    // The objectSelector leaves out the agent's and the webhook's own pods, and only them among these.
+    const selects = (labels: Record<string, string> = {}) =>
+      (hook.objectSelector?.matchExpressions ?? []).every((e) => (e.operator === 'NotIn' ? !e.values!.includes(labels[e.key]!) : assert.fail(`operator ${e.operator}`)));
+    assert.equal(selects(agentDaemonSet(render('deploy/overlays/calico')).spec.template.metadata.labels), false, 'the agent');
+    assert.equal(selects(deployment.spec.template.metadata.labels), false, 'the webhook');
+    assert.equal(selects({ 'app.kubernetes.io/name': 'report-writer' }), true, 'a workload');
+    assert.equal(selects({}), true, 'a pod without labels');
+  });
+
+  test('non-root (the image’s uid), no capabilities, read-only root, RuntimeDefault seccomp; HTTPS probes; memory requested and limited, no CPU limit', () => {
+    const sc = c.securityContext ?? {};
+    assert.equal(sc.runAsNonRoot, true);
+    assert.equal(sc.runAsUser, undefined);
+    assert.deepEqual(sc.capabilities, { drop: ['ALL'] });
+    assert.equal(sc.allowPrivilegeEscalation, false);
+    assert.equal(sc.privileged, false);
+    assert.equal(sc.readOnlyRootFilesystem, true);
+    assert.equal(pod.securityContext?.seccompProfile?.type, 'RuntimeDefault');
+    assert.notEqual(pod.hostNetwork, true);
+    for (const probe of [c.livenessProbe, c.readinessProbe]) {
+      const get = probe?.httpGet as { path: string; port: string | number; scheme?: string } | undefined;
+      assert.equal(get?.scheme, 'HTTPS');
+      assert.equal(get?.path, '/healthz');
+      assert.equal(portNumber(c, get!.port), options.port);
+    }
+    const { requests = {}, limits = {} } = c.resources ?? {};
+    assert.ok(requests.cpu && requests.memory && limits.memory);
+    assert.equal(limits.cpu, undefined);
+    assert.ok((pod.terminationGracePeriodSeconds ?? 30) * 1000 >= SHUTDOWN_DELAY_MS + 5000, 'the grace period outlasts the shutdown delay and the drain');
+  });
+
+  test('RBAC: get service accounts; the one Secret (get, update; create in kiam); the one webhook configuration (get, patch); bound to its service account', () => {
+    const rulesOf = (kind: string, name: string) => find<K8sObject & { rules: Rules }>(objects, kind, name).rules;
+    assert.deepEqual(rulesOf('ClusterRole', 'kiam-webhook'), [{ apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get'] }]);
+    assert.deepEqual(rulesOf('ClusterRole', 'kiam-webhook-ca-bundle'), [
+      { apiGroups: ['admissionregistration.k8s.io'], resources: ['mutatingwebhookconfigurations'], resourceNames: [options.webhookConfigName], verbs: ['get', 'patch'] },
+    ]);
+    const role = find<K8sObject & { rules: Rules }>(objects, 'Role', 'kiam-webhook-tls');
+    assert.equal(role.metadata.namespace, options.namespace);
+    assert.deepEqual(role.rules, [
+      { apiGroups: [''], resources: ['secrets'], resourceNames: [options.secretName], verbs: ['get', 'update'] },
+      { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
+    ]);
+    const subject = { kind: 'ServiceAccount', name: pod.serviceAccountName, namespace: deployment.metadata.namespace };
+    find(objects, 'ServiceAccount', pod.serviceAccountName!);
+    for (const [kind, name, roleKind] of [['ClusterRoleBinding', 'kiam-webhook', 'ClusterRole'], ['ClusterRoleBinding', 'kiam-webhook-ca-bundle', 'ClusterRole'], ['RoleBinding', 'kiam-webhook-tls', 'Role']] as const) {
+      const b = find<K8sObject & { roleRef: Record<string, string>; subjects: unknown[] }>(objects, kind, name);
+      assert.deepEqual(b.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: roleKind, name });
+      assert.deepEqual(b.subjects, [subject]);
+    }
+  });
+
+  describe('the cert-manager overlay', () => {
+    const cm = render(CM);
+    const cmDeployment = find<Deployment>(cm, 'Deployment', 'kiam-webhook');
+    const cmContainer = cmDeployment.spec.template.spec.containers[0]!;
+    const cmOptions = parse(cmContainer);
+    const serving = find<K8sObject & { spec: Record<string, any> }>(cm, 'Certificate', 'kiam-webhook');
+
+    test('the webhook serves the mounted Secret of the serving Certificate (files, reloaded)', () => {
+      assert.ok(cmOptions.tlsCertFile && cmOptions.tlsKeyFile);
+      const mount = cmContainer.volumeMounts?.find((m) => cmOptions.tlsCertFile!.startsWith(`${m.mountPath}/`));
+      assert.ok(mount, 'the certificate file is in a mount');
+      assert.equal(mount.readOnly, true);
+      assert.equal(cmOptions.tlsCertFile, `${mount.mountPath}/tls.crt`);
+      assert.equal(cmOptions.tlsKeyFile, `${mount.mountPath}/tls.key`);
+      const volume = (cmDeployment.spec.template.spec.volumes as Array<{ name: string; secret?: { secretName: string } }>).find((v) => v.name === mount.name);
+      assert.equal(volume?.secret?.secretName, serving.spec.secretName);
+    });
+
+    test('the serving Certificate names the Service, is issued by a CA issuer whose CA cert-manager makes self-signed; the CA is injected', () => {
+      assert.ok(serving.spec.dnsNames.includes(`${service.metadata.name}.${service.metadata.namespace}.svc`));
+      assert.ok(serving.spec.usages.includes('server auth'));
+      const caIssuer = find<K8sObject & { spec: { ca: { secretName: string } } }>(cm, 'Issuer', serving.spec.issuerRef.name);
+      const caCert = cm.find((o) => o.kind === 'Certificate' && (o as Obj).spec.secretName === caIssuer.spec.ca.secretName) as (K8sObject & { spec: Record<string, any> }) | undefined;
+      assert.ok(caCert, 'a Certificate makes the CA issuer’s secret');
+      assert.equal(caCert.spec.isCA, true);
+      assert.deepEqual(find<K8sObject & { spec: unknown }>(cm, 'Issuer', caCert.spec.issuerRef.name).spec, { selfSigned: {} });
+      const hook = find<WebhookConfiguration>(cm, 'MutatingWebhookConfiguration', 'kiam-webhook');
+      assert.equal(hook.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${serving.metadata.namespace}/${serving.metadata.name}`);
+    });
+
+    test('RBAC: service accounts only (no Secret to write, no caBundle to patch)', () => {
+      const kinds = cm.filter((o) => o.apiVersion.startsWith('rbac.')).map((o) => `${o.kind}/${o.metadata.name}`).sort();
+      assert.deepEqual(kinds, ['ClusterRole/kiam-webhook', 'ClusterRoleBinding/kiam-webhook']);
+    });
+
+    test('apart from that it is deploy/webhook, object for object', () => {
+      const reverted = structuredClone(cm.filter((o) => o.apiVersion !== 'cert-manager.io/v1'));
+      const d = find<Deployment>(reverted, 'Deployment', 'kiam-webhook');
+      const ctr = d.spec.template.spec.containers[0]!;
+      ctr.args = ctr.args!.filter((a) => !a.startsWith('--tls-'));
+      delete ctr.volumeMounts;
+      delete d.spec.template.spec.volumes;
+      delete find(reverted, 'MutatingWebhookConfiguration', 'kiam-webhook').metadata.annotations;
+      assert.deepEqual(reverted, objects.filter((o) => !['kiam-webhook-ca-bundle', 'kiam-webhook-tls'].includes(o.metadata.name)));
+    });
   });
 });
