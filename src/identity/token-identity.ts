@@ -44,12 +44,16 @@ export type TokenVerdict =
 /** The resolver's part used here (src/resolver/lookup.ts, Resolver). */
 export interface TokenPodResolver {
   findPod(claim: PodClaim, signal?: AbortSignal): Promise<PodFind>;
+  /** findPod()'s answer when the index alone can give it (fresh, and the pod in it), else undefined. */
+  peekPod?(claim: PodClaim): PodFind | undefined;
   namespaceAnnotations(name: string): Readonly<Record<string, string>> | undefined;
 }
 
 /** src/resolver/service-accounts.ts, ServiceAccountRoles. */
 export interface ServiceAccountRoleSource {
   get(namespace: string, name: string, signal?: AbortSignal): Promise<ServiceAccountRole>;
+  /** get()'s answer when it would come from the cache without asking, else undefined. */
+  fresh?(namespace: string, name: string): ServiceAccountRole | undefined;
 }
 
 /** src/resolver/policy.ts, Policy. */
@@ -211,11 +215,57 @@ export class TokenIdentity {
     return state;
   }
 
+  /**
+   * identify()'s answer when every input is at hand without waiting: the token's review cached, the pod in the fresh
+   * index, its service account's role cached when it needs one. Only an 'ok' verdict is given; anything else
+   * (undefined) goes through identify(), which also logs and counts refusals. For the listener's warm path.
+   */
+  peek(token: string): (TokenVerdict & { kind: 'ok' }) | undefined {
+    const { resolver, serviceAccounts, clock } = this.opts;
+    if (!resolver.peekPod) return undefined;
+    const hash = sha256(token);
+    const entry = this.cache.get(hash);
+    if (!entry || entry.until <= clock.now() || entry.auth.kind !== 'ok') return undefined;
+    const id = hash.slice(0, 8);
+    const claimed = this.claimOf(entry.auth.result, id);
+    if ('kind' in claimed) return undefined;
+    const found = resolver.peekPod(claimed.claim);
+    if (found === undefined || found.kind === 'unavailable') return undefined;
+    const pod = this.checkFound(found, claimed, hash, id);
+    if ('kind' in pod) return undefined;
+    let sa: ServiceAccountRole | undefined;
+    if (pod.role === undefined) {
+      sa = serviceAccounts.fresh?.(pod.namespace, pod.serviceAccount);
+      if (sa === undefined) return undefined;
+    }
+    const verdict = this.finish(pod, sa, id);
+    this.verdicts.ok++;
+    return verdict;
+  }
+
   private async decide(token: string, hash: string, id: string, signal: AbortSignal | undefined): Promise<TokenVerdict> {
     const auth = await this.authenticate(token, hash, signal);
     if (auth.kind === 'unauthenticated') return { kind: 'unauthenticated', code: auth.code, reason: auth.reason, tokenId: id };
     if (auth.kind === 'unavailable') return { kind: 'unavailable', code: auth.code, reason: auth.reason, tokenId: id };
-    const r = auth.result;
+    const claimed = this.claimOf(auth.result, id);
+    if ('kind' in claimed) return claimed;
+    const found = await this.opts.resolver.findPod(claimed.claim, signal);
+    if (found.kind === 'unavailable') return { kind: 'unavailable', code: signal?.aborted ? 'aborted' : 'pod-lookup-failed', reason: `${claimed.named}: ${found.reason}`, tokenId: id };
+    const pod = this.checkFound(found, claimed, hash, id);
+    if ('kind' in pod) return pod;
+    let sa: ServiceAccountRole | undefined;
+    if (pod.role === undefined) {
+      try {
+        sa = await this.opts.serviceAccounts.get(pod.namespace, pod.serviceAccount, signal);
+      } catch (err) {
+        return { kind: 'unavailable', code: signal?.aborted ? 'aborted' : 'service-account-failed', reason: `${claimed.named}: ${errorText(err)}`, tokenId: id };
+      }
+    }
+    return this.finish(pod, sa, id);
+  }
+
+  /** The pod an authenticated token is bound to, or why there is none to serve (no pod claim, another node's). */
+  private claimOf(r: TokenReviewResult, id: string): { claim: PodClaim; named: string } | TokenVerdict {
     const who = r.username ?? 'an unnamed user';
     if (r.namespace === undefined || r.podName === undefined || r.podUid === undefined) {
       return { kind: 'forbidden', code: 'no-pod-claim', reason: `token of ${who} is bound to no pod`, tokenId: id };
@@ -226,9 +276,13 @@ export class TokenIdentity {
     if (r.nodeName !== undefined && r.nodeName !== nodeName) {
       return { kind: 'forbidden', code: 'other-node', reason: `token of ${named} is bound to node ${r.nodeName}, not ${nodeName}`, tokenId: id };
     }
+    return { claim, named };
+  }
 
-    const found = await this.opts.resolver.findPod(claim, signal);
-    if (found.kind === 'unavailable') return { kind: 'unavailable', code: signal?.aborted ? 'aborted' : 'pod-lookup-failed', reason: `${named}: ${found.reason}`, tokenId: id };
+  /** The found pod if it is the claimed one, of this node, not finished; else why not. */
+  private checkFound(found: Exclude<PodFind, { kind: 'unavailable' }>, claimed: { claim: PodClaim; named: string }, hash: string, id: string): PodInfo | TokenVerdict {
+    const { claim, named } = claimed;
+    const { nodeName } = this.opts;
     if (found.kind === 'not-found') {
       // The pod is gone: the next request asks the API server again, which then refuses the token itself.
       this.forget(hash);
@@ -246,18 +300,16 @@ export class TokenIdentity {
     if (pod.phase === 'Succeeded' || pod.phase === 'Failed') {
       return { kind: 'forbidden', code: 'pod-not-live', reason: `${named} has finished (${pod.phase})`, tokenId: id };
     }
+    return pod;
+  }
 
+  /** The verdict for a live pod of ours: its own role, else its service account's (sa, when it has no role). */
+  private finish(pod: PodInfo, sa: ServiceAccountRole | undefined, id: string): TokenVerdict & { kind: 'ok' } {
     let role = pod.role;
     let externalId = pod.externalId;
     let roleFrom: 'pod' | 'service-account' | 'none' = 'pod';
     if (role === undefined) {
-      let sa: ServiceAccountRole;
-      try {
-        sa = await this.opts.serviceAccounts.get(pod.namespace, pod.serviceAccount, signal);
-      } catch (err) {
-        return { kind: 'unavailable', code: signal?.aborted ? 'aborted' : 'service-account-failed', reason: `${named}: ${errorText(err)}`, tokenId: id };
-      }
-      if (sa.role !== undefined) {
+      if (sa?.role !== undefined) {
         role = sa.role;
         roleFrom = 'service-account';
         // The service account's external ID goes with the service account's role only: an external ID is the

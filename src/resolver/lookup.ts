@@ -361,6 +361,11 @@ export class Resolver {
    * confirm()). A live answer is reused for CONFIRM_TTL_MS, a miss for liveLookupHoldoffMs; one look-up per uid
    * at a time. Never rejects.
    */
+  /** findPod()'s answer when the fresh index has the pod (no waiting, no API call), else undefined. */
+  peekPod(claim: PodClaim): PodFind | undefined {
+    return this.isFresh() ? this.fromIndexByClaim(claim) : undefined;
+  }
+
   async findPod(claim: PodClaim, signal?: AbortSignal): Promise<PodFind> {
     const fresh = this.isFresh();
     if (fresh) {

@@ -88,19 +88,25 @@ export class ServiceAccountRoles {
    * last staleMs is known, or when signal aborts (the GET, shared with other callers, goes on).
    */
   get(namespace: string, name: string, signal?: AbortSignal): Promise<ServiceAccountRole> {
+    const cached = this.fresh(namespace, name);
+    if (cached !== undefined) return Promise.resolve(cached);
     const key = `${namespace}/${name}`;
-    const entry = this.entries.get(key);
-    if (entry && this.opts.clock.now() - entry.at < this.ttlMs) {
-      this.entries.delete(key);
-      this.entries.set(key, entry);
-      return Promise.resolve(entry.value);
-    }
     let pending = this.inflight.get(key);
     if (!pending) {
       pending = this.fetch(key, namespace, name).finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
     return signal ? raceAbort(pending, signal) : pending;
+  }
+
+  /** get()'s answer when it comes from the cache (an answer younger than ttlMs), else undefined. */
+  fresh(namespace: string, name: string): ServiceAccountRole | undefined {
+    const key = `${namespace}/${name}`;
+    const entry = this.entries.get(key);
+    if (!entry || this.opts.clock.now() - entry.at >= this.ttlMs) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.value;
   }
 
   /** What is known of namespace/name without asking (fresh or not), or undefined. */

@@ -59,6 +59,8 @@ export type TokenAnswer = (
 export interface TokenIdentityPort {
   /** Never throws for a bad token (a verdict says so); may throw on a bug, which is answered 503. */
   identify(token: string, signal?: AbortSignal): Promise<TokenAnswer>;
+  /** identify()'s 'ok' answer when it needs no waiting (everything cached), else undefined: the warm path. */
+  peek?(token: string): (TokenAnswer & { kind: 'ok' }) | undefined;
 }
 
 export interface ContainerCredentialsDeps {
@@ -192,8 +194,8 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
       refuse(res, 400, 'no-token', ip, { ip }, 'missing Authorization header');
       return;
     }
-    const token = header.trim().replace(BEARER, '');
-    if (!JWT.test(token)) {
+    const token = tokenOf(header);
+    if (token === undefined) {
       refuse(res, 400, 'malformed-token', ip, { ip, length: header.length }, 'malformed Authorization header');
       return;
     }
@@ -248,17 +250,48 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
       }
       if (res.destroyed) return;
     }
+    serve(res, creds, role, pod.uid, who);
+  }
+
+  /** The 200: the document of creds, rendered once per credentials object; logged the first time per pod. */
+  function serve(res: ServerResponse, creds: Credentials, role: RoleIdentity, podUid: string, who: Record<string, string>): void {
     const doc = documentFor(creds, role);
     res.writeHead(200, doc.headers as string[]);
     res.end(doc.body);
     requests.inc({ code: '200' });
-    const first = !doc.servedTo.has(pod.uid);
-    if (first) doc.servedTo.add(pod.uid);
+    const first = !doc.servedTo.has(podUid);
+    if (first) doc.servedTo.add(podUid);
     if (first || logger.isLevelEnabled('debug')) {
       const fields = { ...who, role: role.roleArn, accessKeyId: creds.accessKeyId };
       if (first) logger.info(fields, 'credentials served by token');
       else logger.debug(fields, 'credentials served by token');
     }
+  }
+
+  /** The token of a request's Authorization header (bare, or after "Bearer "), undefined when it is no JWT. */
+  function tokenOf(header: string): string | undefined {
+    const token = header.trim().replace(BEARER, '');
+    return JWT.test(token) ? token : undefined;
+  }
+
+  /**
+   * The warm path, before any promise: a GET of exactly the path whose token, pod and credentials are all known
+   * already (TokenIdentity.peek, the cache's peek) is answered at once. Anything else, or any doubt (closing, under
+   * pressure), goes to answer(), which decides in full. Returns whether it answered.
+   */
+  function warm(req: IncomingMessage, res: ServerResponse): boolean {
+    if (closing || req.method !== 'GET' || req.url !== CONTAINER_CREDENTIALS_PATH || !identity.peek || !credentials.peek) return false;
+    const header = req.headers.authorization;
+    const token = header === undefined ? undefined : tokenOf(header);
+    if (token === undefined || deps.underPressure?.()) return false;
+    const verdict = identity.peek(token);
+    if (verdict?.kind !== 'ok' || verdict.lookup.kind !== 'role') return false;
+    const role = verdict.lookup.identity;
+    const creds = credentials.peek(role);
+    if (creds === undefined) return false;
+    const { pod } = verdict;
+    serve(res, creds, role, pod.uid, { ip: peerAddress(req.socket.remoteAddress), pod: pod.name, namespace: pod.namespace, token: verdict.tokenId ?? '' });
+    return true;
   }
 
   /** Something threw: logged; a 500 when nothing was sent yet, else the connection goes. */
@@ -278,7 +311,7 @@ export function createContainerCredentialsServer(deps: ContainerCredentialsDeps)
 
   function listener(req: IncomingMessage, res: ServerResponse): void {
     try {
-      if (!limits.admit(req, res)) return;
+      if (!limits.admit(req, res) || warm(req, res)) return;
       answer(req, res).catch((err: unknown) => failed(err, req, res));
     } catch (err) {
       failed(err, req, res);

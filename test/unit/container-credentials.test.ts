@@ -61,6 +61,14 @@ class FakeIdentity implements TokenIdentityPort {
   readonly signals: AbortSignal[] = [];
   /** When set, identify() waits for it before answering. */
   gate: Promise<void> | undefined;
+  /** Tokens whose 'ok' verdict peek() gives (as TokenIdentity does once everything is cached). */
+  readonly peekable = new Set<string>();
+  readonly peeked: string[] = [];
+  peek(token: string): (TokenAnswer & { kind: 'ok' }) | undefined {
+    this.peeked.push(token);
+    const v = this.verdicts.get(token);
+    return this.peekable.has(token) && v?.kind === 'ok' ? v : undefined;
+  }
   async identify(token: string, signal?: AbortSignal): Promise<TokenAnswer> {
     this.asked.push(token);
     if (signal) this.signals.push(signal);
@@ -177,6 +185,35 @@ async function counted(metrics: Metrics, metric: 'containerCredentialsRequests' 
 
 const parsed = (a: Answer) => JSON.parse(a.body) as Record<string, unknown>;
 const refusals = (logs: LogLine[]) => logs.filter((l) => l.msg === 'container credentials refused');
+
+describe('the warm path: a token whose verdict and credentials are cached is answered before any promise', () => {
+  it('answers from peek() without identify(), with the same bytes as the full path', async () => {
+    const f = await setup({ peek: true });
+    const full = await f.get({ authorization: TOKEN_A });
+    assert.deepEqual(f.identity.asked, [TOKEN_A], 'not peekable yet: identify() decides');
+    f.identity.peekable.add(TOKEN_A);
+    const warm = await f.get({ authorization: `Bearer ${TOKEN_A}` });
+    assert.equal(warm.status, 200);
+    assert.equal(warm.body, full.body);
+    assert.equal(warm.headers['content-type'], full.headers['content-type']);
+    assert.deepEqual(f.identity.asked, [TOKEN_A], 'identify() not asked again');
+    assert.equal(f.identity.peeked.at(-1), TOKEN_A, 'the bare token is peeked');
+    assert.equal(await counted(f.metrics, 'containerCredentialsRequests', 'code', '200'), 2);
+  });
+
+  it('any doubt goes the full way: a refusal, no cached credentials, a query string, pressure', async () => {
+    const f = await setup({ peek: true });
+    for (const t of [TOKEN_A, TOKEN_NOROLE, TOKEN_DENIED, TOKEN_STS_DOWN]) f.identity.peekable.add(t);
+    assert.equal((await f.get({ authorization: TOKEN_NOROLE })).status, 403);
+    assert.equal((await f.get({ authorization: TOKEN_DENIED })).status, 403);
+    assert.equal((await f.get({ authorization: TOKEN_STS_DOWN })).status, 503, 'no credentials cached: the full path asks the cache');
+    assert.equal((await f.get({ authorization: TOKEN_A }, { path: '/v1/credentials?x=1' })).status, 200);
+    f.pressure.on = true;
+    assert.equal((await f.get({ authorization: TOKEN_A })).status, 503);
+    // Each went through identify() (under pressure the full path answers 503 before asking).
+    assert.deepEqual(f.identity.asked, [TOKEN_NOROLE, TOKEN_DENIED, TOKEN_STS_DOWN, TOKEN_A]);
+  });
+});
 
 describe('200: the credentials of the pod the token names', () => {
   it('the body the SDKs parse: AccessKeyId, SecretAccessKey, Token, AccountId, Expiration (ISO 8601, whole seconds, UTC)', async () => {

@@ -190,6 +190,44 @@ describe('TokenIdentity with the fake API server', () => {
     assert.equal(state.reviewsPerSecond, 0.1);
   });
 
+  it('peek() gives the cached verdict without waiting, and only while every input is at hand', async () => {
+    await createPod('quick', { role: 'app-quick' });
+    await createPod('via-sa', { sa: 'reporter' });
+    kube.createServiceAccount('apps', 'reporter', { 'iam.amazonaws.com/role': 'app-reporter' });
+    const id = identity();
+    const t = token('quick', { expirationSeconds: 3600, issuedAt: clock.now() / 1000 });
+    assert.equal(id.peek(t), undefined, 'nothing reviewed yet');
+    const asked = expectKind(await id.identify(t), 'ok');
+    const peeked = id.peek(t);
+    assert.ok(peeked, 'reviewed, pod in the fresh index');
+    assert.equal(peeked.pod, asked.pod);
+    assert.deepEqual(peeked.lookup, asked.lookup);
+    assert.equal(id.snapshot().validations.ok, 2, 'peek counts as a validation');
+    assert.equal(id.peek(token('quick')), undefined, 'another token of the same pod: not reviewed yet');
+
+    // The service account's role is used only while its cached answer is fresh (30 s).
+    const s = token('via-sa', { expirationSeconds: 3600, issuedAt: clock.now() / 1000 });
+    assert.equal(roleOf(await id.identify(s)), `${BASE}app-reporter`);
+    assert.equal(roleOf(id.peek(s)!), `${BASE}app-reporter`);
+    await clock.advance(30_000);
+    assert.equal(id.peek(s), undefined, 'the service account answer is stale: identify() asks again');
+    assert.equal(roleOf(await id.identify(s)), `${BASE}app-reporter`);
+    assert.ok(id.peek(s));
+
+    // Past the review's cache lifetime (exp - 30 s), nothing is peeked.
+    await clock.advance(3600_000 - 30_000 - 30_000);
+    assert.equal(id.peek(t), undefined, 'the review is no longer cached');
+
+    // A pod that is gone is never peeked, even with its review cached (a new identity: the API server's clock is real).
+    const now = identity({ clock: new FakeClock(Math.floor(Date.now() / 1000) * 1000) });
+    const g = token('quick');
+    expectKind(await now.identify(g), 'ok');
+    assert.ok(now.peek(g));
+    kube.deletePod('apps', 'quick');
+    await pods.until(() => ![...pods.seen.values()].some((p) => p.name === 'quick'), 'quick deleted');
+    assert.equal(now.peek(g), undefined);
+  });
+
   it('concurrent requests with one token share one TokenReview', async () => {
     await createPod('shared', { role: 'app-shared' });
     const id = identity();
