@@ -13,9 +13,10 @@
  * https://kubernetes.io/docs/reference/access-authn-authz/extensible-admission-controllers/#response
  */
 import { CONTAINER_CREDENTIALS_IP, CONTAINER_CREDENTIALS_IPV6 } from '../config.ts';
+import { ROLE_ANNOTATION } from '../resolver/pod-index.ts';
 
-/** The role annotation, on the pod or on its service account (the same key the agent reads). */
-export const ROLE_ANNOTATION = 'iam.amazonaws.com/role';
+/** The role annotation, on the pod or on its service account: the same key the agent reads. */
+export { ROLE_ANNOTATION };
 /** On a pod, "false" opts it out; on a namespace (as a label), "enabled" opts it in (namespaceSelector). */
 export const CONTAINER_CREDENTIALS_KEY = 'kiam.io/container-credentials';
 export const URI_ENV = 'AWS_CONTAINER_CREDENTIALS_FULL_URI';
