@@ -206,12 +206,13 @@ async function runAgent(config: Config, warnings: readonly string[] = []): Promi
       const linkName = config.containerCredentialsLink;
       const link = linkName === undefined ? undefined : new LinkManager({ name: linkName, addresses }, { runner: spawnRunner(), clock, logger, intervalMs: config.reconcileIntervalMs });
       if (link) {
+        const ran = await startup.step('container credentials link', () => link.ensure());
+        if (ran.length > 0) logger.info({ link: link.spec.name, ran: ran.map((argv) => argv.join(' ')) }, 'container-credentials link set up');
+        // Registered once the link is in place: a start-up that failed to make it says so, not that it was kept.
         lifecycle.onStop('container credentials link', async () => {
           await link.stop();
           logger.info({ link: link.spec.name }, 'container-credentials link kept (its addresses answer "connection refused" until the agent is back)');
         });
-        const ran = await startup.step('container credentials link', () => link.ensure());
-        if (ran.length > 0) logger.info({ link: link.spec.name, ran: ran.map((argv) => argv.join(' ')) }, 'container-credentials link set up');
         link.start();
       }
       const reviewer = new KubeTokenReviewer({ kubeConfig });

@@ -180,7 +180,11 @@ export class LinkManager extends PeriodicReconciler {
       const result = await this.deps.runner.run(add, { timeoutMs: IP_TIMEOUT_MS });
       if (result.code === 0) return add;
       // iproute2 says "Error: Unknown device type." when the kernel has no driver for it (CONFIG_DUMMY=n).
-      if (!/Unknown device type/i.test(result.stderr) || kind === LINK_KINDS.at(-1)) throw new CommandError(add, result);
+      const unknown = /Unknown device type/i.test(result.stderr);
+      if (unknown && kind === LINK_KINDS.at(-1)) {
+        throw new Error(`${new CommandError(add, result).message}: this kernel has neither the dummy nor the ifb link driver (CONFIG_DUMMY, CONFIG_IFB); put the container-credentials addresses on a link yourself and run with --container-credentials-link none`);
+      }
+      if (!unknown) throw new CommandError(add, result);
       this.deps.logger.info({ link: this.spec.name, kind }, `the kernel has no ${kind} link driver: trying the next kind`);
     }
     throw new Error('unreachable');

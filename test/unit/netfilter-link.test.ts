@@ -126,11 +126,11 @@ describe('LinkManager', () => {
     assert.ok(h.logs.some((l) => l.level === 30 && /no dummy link driver/.test(String(l.msg))));
   });
 
-  it('neither driver: ensure fails with the last error', async () => {
+  it('neither driver: ensure fails with the last error and what to do', async () => {
     const h = harness();
     const unknown = { code: 2, stderr: 'Error: Unknown device type.\n' };
     h.runner.expect(SHOW, NO_DEVICE).expect(ADD, unknown).expect(addArgv('kiam-link0', 'ifb'), unknown);
-    await assert.rejects(h.manager.ensure(), /ip link add kiam-link0 type ifb exited 2: Error: Unknown device type\./);
+    await assert.rejects(h.manager.ensure(), /ip link add kiam-link0 type ifb exited 2: Error: Unknown device type\..*neither the dummy nor the ifb link driver.*--container-credentials-link none/);
     h.runner.assertDone();
   });
 
