@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { admit, AdmissionReviewError, parseAdmissionReview, serviceAccountToLookUp, type AdmissionResult, type MutationOptions, type ServiceAccountFacts } from './patch.ts';
 import type { Pem } from './certs.ts';
+import { listenServer } from '../server/listen.ts';
 
 export const MAX_BODY_BYTES = 8 * 1024 * 1024;
 export const LOOKUP_TIMEOUT_MS = 3_000;
@@ -133,13 +134,7 @@ export async function listenWebhook(handler: (req: IncomingMessage, res: ServerR
   // TLS 1.2 and up (Node's default minimum); the API server speaks 1.2 and 1.3. Keep-alive: the API server
   // reuses its connections to webhooks; idle ones are closed after 60 s.
   const server = https.createServer({ cert: pem.cert, key: pem.key, keepAliveTimeout: 60_000, requestTimeout: 30_000 }, handler);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ port, ...(host ? { host } : {}) }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listenServer(server, host || undefined, port);
   return {
     server,
     port: (server.address() as AddressInfo).port,
