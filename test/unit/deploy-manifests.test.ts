@@ -6,7 +6,8 @@
  * asserted. The containers' args (the agent's, `kiam init`'s, the clean-up's) go through the real command line
  * parser with the environment the downward API would give them.
  */
-import { test, describe } from 'node:test';
+import { after, test, describe } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -961,6 +962,44 @@ describe('clean-up', () => {
       assert.equal(ctr.securityContext?.runAsNonRoot, true);
       assert.equal(ctr.securityContext?.allowPrivilegeEscalation, false);
     }
+  });
+});
+
+describe('clean-up: the container-credentials link', () => {
+  const ds = find<DaemonSet>(render('deploy/cleanup'), 'DaemonSet', 'kiam-cleanup');
+  const ctr = ds.spec.template.spec.initContainers?.find((x) => x.name === 'remove-link');
+  const ns = `kiamcl${process.pid}`;
+  const ip = (...args: string[]) => spawnSync('ip', ['-n', ns, ...args], { encoding: 'utf8' });
+  const script = () => spawnSync('ip', ['netns', 'exec', ns, ...(ctr?.command ?? [])], { encoding: 'utf8' });
+  const canNetns = process.getuid?.() === 0 && spawnSync('ip', ['netns', 'add', ns]).status === 0;
+  after(() => {
+    if (canNetns) spawnSync('ip', ['netns', 'del', ns]);
+  });
+
+  test('runs with NET_ADMIN alone, in the node network namespace', () => {
+    assert.ok(ctr, 'an init container remove-link');
+    assert.equal(ds.spec.template.spec.hostNetwork, true);
+    assert.deepEqual(ctr.securityContext?.capabilities, { drop: ['ALL'], add: ['NET_ADMIN'] });
+  });
+
+  // Its script, run as written in a throwaway network namespace (the kernel's link kinds: ifb where there is no dummy).
+  test('deletes a kiam-link0 of ours with its addresses, says so when there is none, and leaves one of another kind', { skip: canNetns ? false : 'needs root and ip netns' }, () => {
+    const made = ['dummy', 'ifb'].find((kind) => ip('link', 'add', 'kiam-link0', 'type', kind).status === 0);
+    assert.ok(made, 'a dummy or ifb link');
+    assert.equal(ip('address', 'add', '169.254.170.23/32', 'dev', 'kiam-link0').status, 0);
+    let r = script();
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /kiam-link0 removed/);
+    assert.notEqual(ip('link', 'show', 'kiam-link0').status, 0, 'gone');
+    r = script();
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /no kiam-link0 of ours/);
+    // A veth of that name is someone else's.
+    assert.equal(ip('link', 'add', 'kiam-link0', 'type', 'veth', 'peer', 'name', 'kiamcl-peer').status, 0);
+    r = script();
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /no kiam-link0 of ours/);
+    assert.equal(ip('link', 'show', 'kiam-link0').status, 0, 'still there');
   });
 });
 
