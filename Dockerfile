@@ -60,7 +60,7 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/bin/kiam.mjs ./bin/kiam.mjs
 # dist/kiam.bpf.o beside the bundle: that is where the agent looks for it (KIAM_BPF_OBJECT overrides).
-COPY --from=build /src/dist/kiam.mjs /src/dist/kiam.mjs.map /src/dist/kiam.bpf.o ./dist/
+COPY --from=build /src/dist/kiam.mjs /src/dist/kiam.mjs.map /src/dist/kiam-webhook.mjs /src/dist/kiam-webhook.mjs.map /src/dist/kiam.bpf.o ./dist/
 # `kiam` on the PATH, for `kubectl exec ds/kiam -- kiam doctor` and `kiam intercept status|remove` on a node.
 RUN ln -s /app/bin/kiam.mjs /usr/local/bin/kiam
 

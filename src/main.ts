@@ -350,8 +350,9 @@ async function main(): Promise<void> {
       process.exitCode = await runDoctorCommand(inv.options);
       return;
     case 'webhook': {
-      // Loaded for this subcommand only: the agent never evaluates the webhook's X.509 library.
-      const { runWebhook } = await import('./webhook/run.ts');
+      // Loaded for this subcommand only, from a bundle of its own (scripts/build.mjs): the agent never carries the
+      // webhook's X.509 library. From the sources (tsx), the module itself.
+      const { runWebhook } = (await import(webhookModule())) as typeof import('./webhook/run.ts');
       const logger = await createLogger({ ...inv.options, nodeName: '' });
       process.exitCode = await runWebhook(inv.options, { logger, kubeConfig: loadKubeConfig(inv.options.kubeconfig) });
       process.exit();
@@ -367,3 +368,9 @@ main().catch((err: unknown) => {
   process.stderr.write(`kiam: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 });
+
+/** Where `kiam webhook`'s code is: dist/kiam-webhook.mjs beside the agent's bundle, or src/webhook/run.ts. */
+function webhookModule(): string {
+  const self = import.meta.url;
+  return new URL(self.endsWith('.mjs') ? './kiam-webhook.mjs' : './webhook/run.ts', self).href;
+}

@@ -139,7 +139,7 @@ describe('Dockerfile: runtime stage', () => {
     assert.deepEqual(packages, ['bpftool', 'conntrack', 'iproute2', 'iptables']);
   });
 
-  test('takes only build output from the build stage: dist/kiam.mjs, its map and kiam.bpf.o, bin/kiam.mjs, package.json; no node_modules', () => {
+  test('takes only build output from the build stage: dist/kiam.mjs, dist/kiam-webhook.mjs, their maps and kiam.bpf.o, bin/kiam.mjs, package.json; no node_modules', () => {
     const build = stage('build');
     const buildDir = workdir(build);
     const shipped = copies(runtime);
@@ -154,7 +154,7 @@ describe('Dockerfile: runtime stage', () => {
         files.set(resolveDest(runtime, c.dest, src), rel);
       }
     }
-    assert.deepEqual([...files.values()].sort(), ['bin/kiam.mjs', 'dist/kiam.bpf.o', 'dist/kiam.mjs', 'dist/kiam.mjs.map', 'package.json']);
+    assert.deepEqual([...files.values()].sort(), ['bin/kiam.mjs', 'dist/kiam-webhook.mjs', 'dist/kiam-webhook.mjs.map', 'dist/kiam.bpf.o', 'dist/kiam.mjs', 'dist/kiam.mjs.map', 'package.json']);
     for (const rel of files.values()) {
       // dist/ is produced by `npm run build` (npm ci runs it too, through the prepare script).
       assert.ok(existsSync(join(ROOT, rel)), `${rel} exists after npm run build (run it if dist/ is missing)`);

@@ -7,7 +7,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -80,10 +80,11 @@ describe('flags', () => {
 
 describe('the entry point', () => {
   /** src/main.ts as a child, with no cluster hints from this environment. */
-  function run(args: string[], onStdout?: (text: string, child: ReturnType<typeof spawn>) => void) {
+  function run(args: string[], onStdout?: (text: string, child: ReturnType<typeof spawn>) => void, entry: 'sources' | 'bundle' = 'sources') {
     const env: NodeJS.ProcessEnv = { ...process.env, AWS_EC2_METADATA_DISABLED: 'true' };
     for (const k of ['KUBERNETES_SERVICE_HOST', 'KUBERNETES_SERVICE_PORT', 'KUBECONFIG', 'NODE_OPTIONS', 'POD_NAMESPACE']) delete env[k];
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/main.ts'), ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const main = entry === 'bundle' ? [join(ROOT, 'dist/kiam.mjs')] : ['--import', 'tsx', join(ROOT, 'src/main.ts')];
+    const child = spawn(process.execPath, [...main, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => {
@@ -102,6 +103,16 @@ describe('the entry point', () => {
 
   test('a kubeconfig that does not load: exit 1, saying so', async () => {
     const r = await run(['webhook', '--kubeconfig', '/nonexistent/kubeconfig']);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^kiam: --kubeconfig \/nonexistent\/kubeconfig: cannot load/);
+  });
+
+  test('the production bundle runs the webhook from its own bundle, dist/kiam-webhook.mjs (not carried by the agent)', async () => {
+    const agent = join(ROOT, 'dist/kiam.mjs');
+    const webhook = join(ROOT, 'dist/kiam-webhook.mjs');
+    assert.ok(existsSync(agent) && existsSync(webhook), 'dist/ is built by `npm run build` (npm ci and npm test run it)');
+    assert.doesNotMatch(readFileSync(agent, 'latin1'), /createServing|@peculiar\/(?:utils|asn1)/, 'the agent bundle has no X.509 code');
+    const r = await run(['webhook', '--kubeconfig', '/nonexistent/kubeconfig'], undefined, 'bundle');
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /^kiam: --kubeconfig \/nonexistent\/kubeconfig: cannot load/);
   });
