@@ -21,13 +21,14 @@ import { Policy } from '../../src/resolver/policy.ts';
 import { ServiceAccountRoles } from '../../src/resolver/service-accounts.ts';
 import { FakeClock } from '../fakes/clock.ts';
 import { FakeKubeApiServer } from '../fakes/kube-apiserver.ts';
+import { Wakers } from '../fakes/wakers.ts';
 
 const BASE = 'arn:aws:iam::123456789012:role/';
 const NODE = 'node-a';
 
 /** Forwards a PodSource and lets a test wait for the watch to have reported something (event driven). */
 class TappedPods implements PodSource {
-  private wakers = new Set<() => void>();
+  private readonly wakers = new Wakers();
   readonly seen = new Map<string, PodInfo>();
   constructor(private readonly inner: PodSource & Required<Pick<PodSource, 'getPod' | 'listNode' | 'syncState'>>) {}
   start(events: SourceEvents<PodInfo>): void {
@@ -51,24 +52,11 @@ class TappedPods implements PodSource {
   getPod = (ns: string, name: string, t: number) => this.inner.getPod(ns, name, t);
   syncState = () => this.inner.syncState();
   private wake(): void {
-    for (const w of [...this.wakers]) w();
+    this.wakers.wake();
   }
   /** Resolves once pred holds after a watch event (or at once). */
   until(pred: () => boolean, what: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (!pred()) return;
-        this.wakers.delete(check);
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        this.wakers.delete(check);
-        reject(new Error(`timed out waiting for the watch: ${what}`));
-      }, 5000);
-      this.wakers.add(check);
-      check();
-    });
+    return this.wakers.until(pred, `the watch: ${what}`);
   }
 }
 

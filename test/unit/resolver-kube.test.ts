@@ -16,12 +16,13 @@ import type { PodInfo } from '../../src/resolver/pod-index.ts';
 import type { Lookup, NamespaceInfo } from '../../src/resolver/types.ts';
 import { FakeClock } from '../fakes/clock.ts';
 import { FakeKubeApiServer } from '../fakes/kube-apiserver.ts';
+import { Wakers } from '../fakes/wakers.ts';
 
 /** Records source events; until() waits for them (event driven, with a failure bound). */
 class Recorder<T> implements SourceEvents<T> {
   events: Array<['upsert' | 'remove', T]> = [];
   syncs = 0;
-  private wakers = new Set<() => void>();
+  private readonly wakers = new Wakers();
   upsert(obj: T): void {
     this.events.push(['upsert', obj]);
     this.wake();
@@ -35,23 +36,10 @@ class Recorder<T> implements SourceEvents<T> {
     this.wake();
   }
   wake(): void {
-    for (const w of [...this.wakers]) w();
+    this.wakers.wake();
   }
   until(pred: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        if (!pred()) return;
-        this.wakers.delete(check);
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = setTimeout(() => {
-        this.wakers.delete(check);
-        reject(new Error(`timed out waiting for ${what}; events: ${JSON.stringify(this.events)}`));
-      }, timeoutMs);
-      this.wakers.add(check);
-      check();
-    });
+    return this.wakers.until(pred, what, timeoutMs, () => `; events: ${JSON.stringify(this.events)}`);
   }
 }
 
