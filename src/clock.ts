@@ -46,3 +46,22 @@ export function sleepWith(clock: Pick<Clock, 'setTimeout'>, ms: number, signal?:
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/** Settle like promise, or reject with the signal's reason once it aborts first (promise itself goes on). */
+export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}

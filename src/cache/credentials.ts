@@ -39,10 +39,10 @@
  * (its AbortSignal fires) only stops waiting itself.
  */
 import type { Logger } from 'pino';
-import type { Clock, Timer } from '../clock.ts';
+import { raceAbort, type Clock, type Timer } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import { stsErrorFix, THROTTLING_CODES } from './sts-errors.ts';
-import { raceAbort, StsError, type SessionTag, type StsCredentials, type StsGateway } from './sts.ts';
+import { StsError, type SessionTag, type StsCredentials, type StsGateway } from './sts.ts';
 
 /** What the cache needs to know of an identity (structurally a RoleIdentity). */
 export interface CacheIdentity {

@@ -7,6 +7,7 @@
  * 'aborted', 'unknown') and whether trying again later may help.
  */
 import { AssumeRoleCommand, STSClient, type STSClientConfig } from '@aws-sdk/client-sts';
+import { raceAbort } from '../clock.ts';
 import { THROTTLING_CODES } from './sts-errors.ts';
 
 export { THROTTLING_CODES, stsErrorFix } from './sts-errors.ts';
@@ -136,25 +137,6 @@ export class AwsStsGateway implements StsGateway {
   destroy(): void {
     this.client.destroy();
   }
-}
-
-/** Settle like promise, or reject with the signal's reason once it aborts. */
-export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
-  });
 }
 
 interface RawCredentials {

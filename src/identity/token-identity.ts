@@ -19,9 +19,9 @@
  */
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.ts';
+import { raceAbort, type Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
-import { raceAbort, type PodClaim, type PodFind } from '../resolver/lookup.ts';
+import type { PodClaim, PodFind } from '../resolver/lookup.ts';
 import type { PodInfo } from '../resolver/pod-index.ts';
 import type { ServiceAccountRole } from '../resolver/service-accounts.ts';
 import type { Lookup } from '../resolver/types.ts';

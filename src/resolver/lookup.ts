@@ -13,7 +13,7 @@
  * served from the index.
  */
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.ts';
+import { raceAbort, type Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import { canonicalIp, matchLive, PodIndex, type PodInfo } from './pod-index.ts';
 import type { Policy } from './policy.ts';
@@ -684,25 +684,6 @@ function sameRecord(a: Readonly<Record<string, string>>, b: Readonly<Record<stri
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-/** pending, or a rejection with the signal's reason once it aborts first (pending itself goes on). */
-export function raceAbort<T>(pending: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    pending.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
 }
 
 /** The call in flight for key, or a new one from start(): concurrent requests from one IP share one look-up. */

@@ -7,8 +7,7 @@
  *
  * No I/O here: the fetch function is kube.ts's (kubeServiceAccountFetch).
  */
-import type { Clock } from '../clock.ts';
-import { raceAbort } from './lookup.ts';
+import { raceAbort, type Clock } from '../clock.ts';
 import { EXTERNAL_ID_ANNOTATION, ROLE_ANNOTATION } from './pod-index.ts';
 
 export interface ServiceAccountRole {
