@@ -17,7 +17,7 @@
  */
 import type { Logger } from 'pino';
 import type { PodInfo } from '../resolver/pod-index.ts';
-import type { ServiceAccountRole } from '../resolver/service-accounts.ts';
+import { roleFor, type ServiceAccountRole } from '../resolver/service-accounts.ts';
 import type { Lookup, RoleIdentity } from '../resolver/types.ts';
 
 export interface ServiceAccountPrefetchDeps {
@@ -55,8 +55,9 @@ export class ServiceAccountPrefetch {
       (sa) => {
         if (this.latest.get(podUid) !== n) return;
         this.latest.delete(podUid);
-        if (sa.role === undefined) return this.deps.target(podUid, own);
-        const effective: PodInfo = { ...pod, role: sa.role, ...(pod.externalId === undefined && sa.externalId !== undefined ? { externalId: sa.externalId } : {}) };
+        const { role, externalId, from } = roleFor(pod, sa);
+        if (from !== 'service-account') return this.deps.target(podUid, own);
+        const effective: PodInfo = { ...pod, role, ...(externalId !== undefined ? { externalId } : {}) };
         const answer = this.deps.policy.evaluate(effective, this.deps.resolver.namespaceAnnotations(pod.namespace));
         this.deps.target(podUid, answer.kind === 'role' ? answer.identity : undefined);
       },

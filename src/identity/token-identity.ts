@@ -23,7 +23,7 @@ import { raceAbort, type Clock } from '../clock.ts';
 import type { Metrics } from '../metrics.ts';
 import type { PodClaim, PodFind } from '../resolver/lookup.ts';
 import type { PodInfo } from '../resolver/pod-index.ts';
-import type { ServiceAccountRole } from '../resolver/service-accounts.ts';
+import { roleFor, type ServiceAccountRole } from '../resolver/service-accounts.ts';
 import type { Lookup } from '../resolver/types.ts';
 import type { TokenReviewer, TokenReviewResult } from './token-review.ts';
 
@@ -305,19 +305,8 @@ export class TokenIdentity {
 
   /** The verdict for a live pod of ours: its own role, else its service account's (sa, when it has no role). */
   private finish(pod: PodInfo, sa: ServiceAccountRole | undefined, id: string): TokenVerdict & { kind: 'ok' } {
-    let role = pod.role;
-    let externalId = pod.externalId;
-    let roleFrom: 'pod' | 'service-account' | 'none' = 'pod';
-    if (role === undefined) {
-      if (sa?.role !== undefined) {
-        role = sa.role;
-        roleFrom = 'service-account';
-        // The service account's external ID goes with the service account's role only: an external ID is the
-        // secret of one role's trust policy, not to be sent along with another role's AssumeRole.
-        externalId = pod.externalId ?? sa.externalId;
-      } else roleFrom = 'none';
-    }
-    return { kind: 'ok', pod, lookup: this.evaluate(pod, role, externalId), roleFrom, tokenId: id };
+    const { role, externalId, from } = roleFor(pod, sa);
+    return { kind: 'ok', pod, lookup: this.evaluate(pod, role, externalId), roleFrom: from, tokenId: id };
   }
 
   /**

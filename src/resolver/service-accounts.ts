@@ -17,6 +17,21 @@ export interface ServiceAccountRole {
   externalId?: string;
 }
 
+/**
+ * The role a pod asks for on the token path: its own annotation, else its service account's (sa, when known). The
+ * service account's external ID goes with the service account's role only: an external ID is the secret of one
+ * role's trust policy, not to be sent along with another role's AssumeRole; the pod's own one always wins.
+ */
+export function roleFor(
+  pod: { readonly role?: string; readonly externalId?: string },
+  sa: ServiceAccountRole | undefined,
+): { role?: string; externalId?: string; from: 'pod' | 'service-account' | 'none' } {
+  if (pod.role !== undefined) return { role: pod.role, ...(pod.externalId !== undefined ? { externalId: pod.externalId } : {}), from: 'pod' };
+  if (sa?.role === undefined) return { ...(pod.externalId !== undefined ? { externalId: pod.externalId } : {}), from: 'none' };
+  const externalId = pod.externalId ?? sa.externalId;
+  return { role: sa.role, ...(externalId !== undefined ? { externalId } : {}), from: 'service-account' };
+}
+
 /** The shape of a V1ServiceAccount this module reads. */
 export interface ServiceAccountLike {
   metadata?: { annotations?: Record<string, string> | null } | null;
